@@ -109,15 +109,17 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     """Every `every` global steps and at `last_step`, calls `evaluate_fn(step)` with the
     EMA weights swapped in; keeps the last result in `self.last_metrics`."""
 
-    def __init__(self, evaluate_fn: Callable[[int], dict], every: int, last_step: int):
+    def __init__(self, evaluate_fn: Callable[[int], dict], every: int, last_step: int,
+                 skip: Callable[[], bool] = lambda: False):
         super().__init__()
         self.evaluate_fn, self.every, self.last_step = evaluate_fn, int(every), int(last_step)
+        self.skip = skip  # e.g. a pending preemption: no evaluation in the grace period
         self.last_metrics: dict | None = None
         self.seconds = 0.0  # total time spent evaluating (kept out of training throughput)
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if step % self.every == 0 or step >= self.last_step:
+        if (step % self.every == 0 or step >= self.last_step) and not self.skip():
             start = time.perf_counter()
             with ema_weights(self.model):
                 self.last_metrics = self.evaluate_fn(step)

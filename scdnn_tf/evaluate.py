@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 
-# Before TensorFlow loads: hide its C++ INFO/WARNING spam (e.g. grappler cost-model
-# notes) from the CLI's output; set TF_CPP_MIN_LOG_LEVEL=0 to see it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
 
 import json
 
@@ -164,6 +162,8 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     """
     from scdnn_tf import training  # noqa: PLC0415 (training imports this module)
 
+    if not model_dir:
+        raise ValueError("--model_dir is required: the folder of the training run to evaluate")
     config = TrainConfig.read(model_dir)
     bad = sorted(set(overrides or {}) - set(EVAL_OVERRIDES))
     if bad:
@@ -203,5 +203,4 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     flags.DEFINE_string("thresholds_out", "", "Write per-class F1-best thresholds (json) here.")
-    flags.mark_flag_as_required("model_dir")
-    app.run(main)
+    cli.run(main)

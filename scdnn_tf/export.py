@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import os
 
-# Before TensorFlow loads: hide its C++ INFO/WARNING spam (e.g. grappler cost-model
-# notes) from the CLI's output; set TF_CPP_MIN_LOG_LEVEL=0 to see it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
 
 import json
 import shutil
@@ -175,4 +173,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -48,12 +48,17 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf import callbacks as callbacks_lib
+from scdnn_tf import checkpoints, preemption, run_lock
 from scdnn_tf import evaluate, visualize
 from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.flags_common import ARCHITECTURE_FIELDS, TrainConfig  # noqa: F401 (re-export)
 
 LABEL_MAP_NAME = "label_map.txt"
+# A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones
+# are safe because checkpoints match the optimizer state to variables by name.
+RESUME_FIXED_FIELDS = ("optimizer",)
+RESUME_CHANGEABLE_FIELDS = ("ema_decay", "mixed_precision", "freeze_stages")
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,13 +166,24 @@ def set_precision_policy(config: TrainConfig) -> None:
         "mixed_float16" if config.mixed_precision else "float32")
 
 
-def build_and_restore(config, num_classes, strategy, load_backbone_weights=True, save_dir=None):
-    """Builds model + optimizer in `strategy.scope()`, compiles, restores the latest checkpoint
-    of config.model_dir; the returned manager saves into `save_dir` (default model_dir).
+def build_and_restore(config, num_classes, strategy, load_backbone_weights=True, save_dir=None,
+                      for_training=True):
+    """Builds model + optimizer in `strategy.scope()`, compiles, restores the newest intact
+    checkpoint of config.model_dir; the returned manager saves into `save_dir` (default
+    model_dir).
+
+    For training (the run's writer), damaged newer checkpoints are moved aside and the
+    `checkpoint` state file is rewritten to list the intact ones; for inference model_dir
+    is only read.
 
     Returns:
-      (model, checkpoint manager, restored step: 0 for a fresh run).
+      (model, checkpoint manager, restored checkpoint path or None).
+
+    Raises:
+      checkpoints.CheckpointError: model_dir holds checkpoints and none reads.
     """
+    writer = for_training and (save_dir or config.model_dir) == config.model_dir
+    latest = checkpoints.find_restorable(config.model_dir, move_damaged=writer)
     set_precision_policy(config)
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
@@ -175,28 +191,35 @@ def build_and_restore(config, num_classes, strategy, load_backbone_weights=True,
         model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
         # Create the slots (and EMA) now, so the restore below fills existing variables.
         model.optimizer.build(model.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        checkpoint = checkpoints.make_checkpoint(model)
+    if latest:
+        with strategy.scope():
+            notes = checkpoints.restore(model, latest)
+        logging.info("restored %s", latest)
+        if notes["missing"] or notes["unused"]:
+            logging.info("optimizer state: %d variables new to this run start fresh, %d of the "
+                         "checkpoint are not used (a changed --freeze_stages, --ema_decay or "
+                         "--mixed_precision)", len(notes["missing"]), len(notes["unused"]))
+        if writer:
+            checkpoints.write_state_file(config.model_dir,
+                                         checkpoints.keep_list(config.model_dir, latest))
     manager = tf.train.CheckpointManager(checkpoint, save_dir or config.model_dir,
                                          max_to_keep=config.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(config.model_dir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("restored %s", latest)
-    return model, manager, callbacks_lib.global_step(model)
+    return model, manager, latest
 
 
 def restore_for_inference(config: TrainConfig, num_classes: int, strategy):
-    """Latest checkpoint of config.model_dir with EMA weights in place (if used).
+    """Newest intact checkpoint of config.model_dir with EMA weights in place (if used).
 
     Returns:
       (model, optimizer, checkpoint path). Raises FileNotFoundError without a checkpoint.
     """
-    if not tf.train.latest_checkpoint(config.model_dir):
+    model, _, latest = build_and_restore(config, num_classes, strategy,
+                                         load_backbone_weights=False, for_training=False)
+    if latest is None:
         raise FileNotFoundError(f"no checkpoint in --model_dir={config.model_dir!r}")
-    model, manager, _ = build_and_restore(config, num_classes, strategy,
-                                          load_backbone_weights=False)
     model.optimizer.finalize_variable_values(model.trainable_variables)  # EMA -> weights
-    return model, model.optimizer, manager.latest_checkpoint
+    return model, model.optimizer, latest
 
 
 def make_eval_dataset(config: TrainConfig, num_classes: int) -> tf.data.Dataset:
@@ -220,10 +243,9 @@ def _train_dataset(config, num_classes, strategy, seed):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def prepare_model_dir(config: TrainConfig, write: bool = True) -> list[str]:
-    """Generates demo data if asked, validates, checks a resumed run's architecture, and
-    (if `write`: the chief) writes flags.txt, config.json and the label map. Returns the
-    class names."""
+def prepare_inputs(config: TrainConfig) -> list[str]:
+    """Generates demo data if asked, validates the flags and the label / class-id maps.
+    Returns the class names."""
     if config.demo_data_dir and not tf.io.gfile.glob(config.train_pattern):
         from data_tools.make_shapes import ensure_shapes_dataset  # noqa: PLC0415
         logging.info("generating the synthetic shapes dataset in %s", config.demo_data_dir)
@@ -234,8 +256,12 @@ def prepare_model_dir(config: TrainConfig, write: bool = True) -> list[str]:
     if id_map is not None and len(id_map) != len(class_names):
         raise ValueError(f"--class_id_map={config.class_id_map!r} has {len(id_map)} ids but "
                          f"--label_map={config.label_map!r} has {len(class_names)} classes")
-    if not write:  # non-chief: the chief checks and writes (no reads of half-written files)
-        return class_names
+    return class_names
+
+
+def check_and_write_run_files(config: TrainConfig, class_names: list[str]) -> None:
+    """Refuses a resume whose settings cannot continue the run in model_dir; writes
+    flags.txt, config.json and the label map. Call with the model_dir lock held."""
     if os.path.isfile(os.path.join(config.model_dir, "config.json")):
         previous = TrainConfig.read(config.model_dir)
         for name in ARCHITECTURE_FIELDS:
@@ -243,13 +269,23 @@ def prepare_model_dir(config: TrainConfig, write: bool = True) -> list[str]:
                 raise ValueError(f"--{name}={getattr(config, name)!r} differs from "
                                  f"{getattr(previous, name)!r} of the run in --model_dir="
                                  f"{config.model_dir!r}; use a new model_dir")
+        for name in RESUME_FIXED_FIELDS:
+            if getattr(previous, name) != getattr(config, name):
+                raise ValueError(f"--{name}={getattr(config, name)!r} differs from "
+                                 f"{getattr(previous, name)!r} of the run in --model_dir="
+                                 f"{config.model_dir!r}: its optimizer state cannot carry "
+                                 "over; keep the flag or use a new model_dir")
+        for name in RESUME_CHANGEABLE_FIELDS:
+            if getattr(previous, name) != getattr(config, name):
+                logging.info("--%s changes from %r to %r on resume: the weights and the "
+                             "optimizer state are restored by variable name", name,
+                             getattr(previous, name), getattr(config, name))
         previous_names = read_label_map(os.path.join(config.model_dir, LABEL_MAP_NAME))
         if previous_names != class_names:
             raise ValueError(f"--label_map={config.label_map!r} differs from the label map of "
                              f"the run in --model_dir={config.model_dir!r}")
     config.write(config.model_dir)
     write_label_map(os.path.join(config.model_dir, LABEL_MAP_NAME), class_names)
-    return class_names
 
 
 def _context_classes() -> tuple[str, ...]:
@@ -299,22 +335,27 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
     """
     strategy = make_strategy(config.strategy)
     write_dir = worker_write_dir(strategy, config.model_dir)
-    class_names = prepare_model_dir(config, write=write_dir == config.model_dir)
+    chief = write_dir == config.model_dir
     replicas = strategy.num_replicas_in_sync
     if config.global_batch_size % replicas:
         raise ValueError(f"--global_batch_size={config.global_batch_size} is not divisible by "
                          f"the {replicas} replicas of --strategy={config.strategy}")
+    class_names = prepare_inputs(config)
     try:
-        return _train(config, strategy, class_names, write_dir, extra_callbacks)
+        with run_lock.locked(config.model_dir, enabled=chief):
+            if chief:  # the others read nothing half-written: the chief checks and writes
+                check_and_write_run_files(config, class_names)
+            return _train(config, strategy, class_names, write_dir, extra_callbacks)
     finally:
-        if write_dir != config.model_dir:
+        if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
 
 def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     replicas = strategy.num_replicas_in_sync
-    model, manager, step = build_and_restore(config, len(class_names), strategy,
-                                             save_dir=write_dir)
+    model, manager, restored = build_and_restore(config, len(class_names), strategy,
+                                                 save_dir=write_dir)
+    step = callbacks_lib.global_step(model)
     logging.info("%s: %d replicas, %s params, starting at step %d of %d", config.model, replicas,
                  f"{model.count_params():,}", step, config.train_steps)
     train_writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
@@ -328,9 +369,13 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
         with callbacks_lib.ema_weights(model):
             return evaluate_fn(step)
     evaluation = None
+    watcher = preemption.SignalWatcher()
+    stopper = preemption.PreemptionCheckpoint(watcher, manager, (train_writer, eval_writer),
+                                              strategy)
     if evaluate_fn is not None:
         evaluation = callbacks_lib.PeriodicEvaluation(evaluate_fn, config.eval_every,
-                                                      config.train_steps)
+                                                      config.train_steps,
+                                                      skip=lambda: stopper.requested)
     # The logger (which flushes) before the checkpoint: a kill right after a save cannot
     # lose the scalars of any step up to the checkpoint it resumes from.
     callbacks = [callbacks_lib.NonFiniteLossStop(),
@@ -338,16 +383,19 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
                      train_writer, config.log_every, config.global_batch_size,
                      config.train_steps, paused=[evaluation] if evaluation else ()),
                  callbacks_lib.StepCheckpoint(manager, config.checkpoint_every, config.train_steps),
+                 stopper,
                  callbacks_lib.StopAtStep(config.train_steps)]
     if evaluation is not None:
         callbacks.append(evaluation)
     callbacks.extend(extra_callbacks)
     dataset = _train_dataset(config, len(class_names), strategy, config.seed + step)
-    with _fit_scope(model, strategy):
+    with watcher, _fit_scope(model, strategy):
         model.fit(dataset, epochs=math.ceil(config.train_steps / config.eval_every),
                   initial_epoch=step // config.eval_every, steps_per_epoch=config.eval_every,
                   callbacks=callbacks, verbose=0)
     train_writer.flush()
+    if stopper.stopped is not None:
+        raise stopper.stopped
     return evaluation.last_metrics if evaluation and evaluation.last_metrics else {}
 
 

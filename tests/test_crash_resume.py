@@ -39,7 +39,7 @@ TRAIN_STEPS, CHECKPOINT_EVERY = 30, 5
 TIMEOUT = 300  # seconds for any one wait: a start-up (TF import, tracing) takes ~30 s here
 STEP_LINE = re.compile(r"step (\d+)/%d " % TRAIN_STEPS)
 START_LINE = re.compile(r"starting at step (\d+) of %d" % TRAIN_STEPS)
-ITERATIONS = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+ITERATIONS = "optimizer/iteration/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def tiny_flags(data_dir, model_dir):

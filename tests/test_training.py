@@ -3,6 +3,7 @@
 import glob
 import io
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -64,15 +65,20 @@ def data_dir(tmp_path_factory):
 
 
 def read_events(folder):
-    """{tag: {step: value or image count}} from the event files in `folder`."""
+    """{tag: {step: value or image count}} from the event files in `folder`.
+
+    Events are applied in wall-time order, whatever order the files are listed in: a
+    step logged twice (before a crash and again after the resume) keeps the later value.
+    """
+    events = [event for path in glob.glob(os.path.join(folder, "events.out.tfevents.*"))
+              for event in tf.compat.v1.train.summary_iterator(path)]
     out = {}
-    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tensor = tf.make_ndarray(value.tensor)
-                is_image = value.metadata.plugin_data.plugin_name == "images"
-                out.setdefault(value.tag, {})[event.step] = (
-                    len(tensor) - 2 if is_image else float(tensor))
+    for event in sorted(events, key=lambda e: e.wall_time):
+        for value in event.summary.value:
+            tensor = tf.make_ndarray(value.tensor)
+            is_image = value.metadata.plugin_data.plugin_name == "images"
+            out.setdefault(value.tag, {})[event.step] = (
+                len(tensor) - 2 if is_image else float(tensor))
     return out
 
 
@@ -161,7 +167,21 @@ class _Crash(keras.callbacks.Callback):
 def _checkpoint_values(path):
     reader = tf.train.load_checkpoint(path)
     return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-            if name.startswith(("model/", "optimizer/"))}
+            if name.startswith(("variables/", "optimizer/"))}
+
+
+def _without_checkpoints_after(model_dir, step):
+    """Deletes the checkpoints numbered > step and points the state file at ckpt-`step`."""
+    kept = []
+    for index in sorted(glob.glob(os.path.join(model_dir, "ckpt-*.index"))):
+        prefix = index[:-len(".index")]
+        if int(prefix.rsplit("-", 1)[1]) > step:
+            for path in glob.glob(prefix + ".*"):
+                os.remove(path)
+        else:
+            kept.append(prefix)
+    kept.sort(key=lambda p: int(p.rsplit("-", 1)[1]))
+    tf.compat.v1.train.update_checkpoint_state(model_dir, kept[-1], kept)
 
 
 @pytest.mark.slow
@@ -172,41 +192,52 @@ def test_resume_continues_from_last_checkpoint(data_dir, tmp_path):
     cut = tiny_config(data_dir, tmp_path / "cut", **common)
     with pytest.raises(KeyboardInterrupt):
         run_training(cut, extra_callbacks=[_Crash(at=7)])
-    # Killed at step 7: the last checkpoint is step 6, identical to the uninterrupted run's.
+    # Killed at step 7: the last checkpoint is step 6, identical to the uninterrupted run's
+    # (same process, same seed: the same computation).
     assert tf.train.latest_checkpoint(cut.model_dir).endswith("ckpt-6")
+    full_at6 = _checkpoint_values(os.path.join(full.model_dir, "ckpt-6"))
     at6 = _checkpoint_values(os.path.join(cut.model_dir, "ckpt-6"))
-    for name, value in _checkpoint_values(os.path.join(full.model_dir, "ckpt-6")).items():
+    assert at6.keys() == full_at6.keys()
+    for name, value in full_at6.items():
         np.testing.assert_allclose(at6[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    # A copy of the uninterrupted run cut back to its step-6 checkpoint: the reference for
+    # the resumed steps (both resumes read the stream reseeded with seed + 6).
+    copy = tiny_config(data_dir, tmp_path / "copy", **common)
+    shutil.copytree(full.model_dir, copy.model_dir)
+    _without_checkpoints_after(copy.model_dir, 6)
     seen = {}
 
     class Probe(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):  # after the restore, before any step
-            seen["step"] = int(self.model.optimizer.iterations.numpy())
-            seen["weights"] = [v.numpy() for v in self.model.weights]
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
 
-    run_training(cut, extra_callbacks=[Probe()])
-    assert seen["step"] == 6
-    # The restored weights are the step-6 weights of the uninterrupted run.
-    # (A variable appears once in a checkpoint, under the first path reaching it: some
-    # model weights are listed under optimizer/_trainable_variables.)
-    full_at6 = _checkpoint_values(os.path.join(full.model_dir, "ckpt-6"))
-    by_shape = {}
-    for value in full_at6.values():
-        by_shape.setdefault(value.shape, []).append(value)
-    for weight in seen["weights"]:
-        assert any(np.allclose(weight, v, rtol=1e-5, atol=1e-6)
-                   for v in by_shape.get(weight.shape, [])), weight.shape
+        def on_train_begin(self, logs=None):  # after the restore, before any step
+            seen[self.key] = (int(self.model.optimizer.iterations.numpy()),
+                              {v.path: v.numpy() for v in self.model.variables})
+
+    run_training(cut, extra_callbacks=[Probe("cut")])
+    run_training(copy, extra_callbacks=[Probe("copy")])
+    # The restored weights are the step-6 weights of the uninterrupted run, by name.
+    for key in ("cut", "copy"):
+        step, weights = seen[key]
+        assert step == 6
+        for path, value in weights.items():
+            np.testing.assert_allclose(
+                value, full_at6[f"variables/{path.replace('/', ':')}/.ATTRIBUTES/VARIABLE_VALUE"],
+                rtol=1e-5, atol=1e-6, err_msg=path)
     assert tf.train.latest_checkpoint(cut.model_dir).endswith("ckpt-8")
-    train_cut, train_full = (read_events(os.path.join(d, "train")) for d in (cut.model_dir,
-                                                                              full.model_dir))
-    # Steps continue (7 logged twice: once before the crash, once after the resume),
-    # the schedule continues, and the loss does not restart from its initial value.
+    train_cut, train_copy, train_full = (read_events(os.path.join(c.model_dir, "train"))
+                                         for c in (cut, copy, full))
+    # Steps continue (7 logged twice: once before the crash, once after the resume; the
+    # later one counts), the schedule continues, and the resumed steps are exactly those of
+    # the uninterrupted run resumed from the same checkpoint with the same stream.
     assert sorted(train_cut["loss"]) == list(range(1, 9))
     for step in (7, 8):
         assert train_cut["learning_rate"][step] == pytest.approx(train_full["learning_rate"][step])
-    resumed = np.mean([train_cut["loss"][s] for s in (7, 8)])
-    full_late = np.mean([train_full["loss"][s] for s in (7, 8)])
-    assert abs(resumed - full_late) < abs(train_full["loss"][1] - full_late) + 0.25 * full_late
+        for tag in ("loss", "loss_label", "loss_patch", "loss_regression"):
+            assert train_cut[tag][step] == pytest.approx(train_copy[tag][step], rel=1e-5,
+                                                         abs=1e-6), (tag, step)
     assert read_events(os.path.join(cut.model_dir, "eval"))["mAP"].keys() == {4, 8}
 
 

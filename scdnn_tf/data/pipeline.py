@@ -41,6 +41,13 @@ def list_shards(file_pattern) -> list[str]:
     return files
 
 
+def _require_records(pattern, files, counts) -> None:
+    # An empty dataset under repeat() would spin forever without yielding a batch.
+    if sum(counts) == 0:
+        raise ValueError(f"{pattern!r}: the {len(files)} TFRecord shard(s) it matches hold 0 "
+                         f"records ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})")
+
+
 def multi_hot(indices: tf.Tensor, num_classes: int) -> tf.Tensor:
     """float32 [C] with 1 at each index in `indices` [K]; indices of -1 are ignored."""
     hot = tf.one_hot(tf.cast(indices, tf.int32), num_classes, dtype=tf.float32)
@@ -200,6 +207,7 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
             if stats is not None:
                 stats.scan_skips[path] = problem
         counts.append(count)
+    _require_records(file_pattern, files, counts)
 
     pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -207,6 +215,8 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
     shard_files = pipelines > 1 and len(files) >= pipelines
     if shard_files:
         files, counts = files[pipeline_id::pipelines], counts[pipeline_id::pipelines]
+        _require_records(f"{file_pattern} (input pipeline {pipeline_id} of {pipelines})",
+                         files, counts)
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
     if training:
