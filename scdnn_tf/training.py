@@ -9,8 +9,9 @@ global size would also give global-batch steps: Keras then calls
 `experimental_distribute_dataset`, which splits each batch over the replicas; the
 function form is used for its per-worker file sharding.)
 
-Steps: `fit` runs epochs of `eval_every` steps, `epochs = ceil(train_steps / eval_every)`,
-starting at `initial_epoch = restored_step // eval_every`. Checkpoints, evaluations, logs
+Steps: `fit` runs epochs of `eval_every` batches, starting at
+`initial_epoch = restored_step // eval_every`, until `StopAtStep` ends it at `train_steps`
+(batches the mixed-precision loss scale skips do not count as steps). Checkpoints, evaluations, logs
 and the stop are keyed on the optimizer's global step (see callbacks.py), so a run
 resumed mid-epoch stops exactly at `train_steps` and evaluates at the same steps as an
 uninterrupted run. After a resume the input pipeline is reseeded with
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import shutil
 import tempfile
@@ -58,6 +58,7 @@ LABEL_MAP_NAME = "label_map.txt"
 # A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones
 # are safe because checkpoints match the optimizer state to variables by name.
 RESUME_FIXED_FIELDS = ("optimizer",)
+_UNBOUNDED_EPOCHS = 2**62
 RESUME_CHANGEABLE_FIELDS = ("ema_decay", "mixed_precision", "freeze_stages")
 
 
@@ -390,8 +391,9 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     callbacks.extend(extra_callbacks)
     dataset = _train_dataset(config, len(class_names), strategy, config.seed + step)
     with watcher, _fit_scope(model, strategy):
-        model.fit(dataset, epochs=math.ceil(config.train_steps / config.eval_every),
-                  initial_epoch=step // config.eval_every, steps_per_epoch=config.eval_every,
+        # StopAtStep ends training at --train_steps. Epochs are not counted: steps that the
+        # mixed-precision loss scale skips (non-finite gradients) do not advance the step.
+        model.fit(dataset, epochs=_UNBOUNDED_EPOCHS, initial_epoch=step // config.eval_every, steps_per_epoch=config.eval_every,
                   callbacks=callbacks, verbose=0)
     train_writer.flush()
     if stopper.stopped is not None:

@@ -32,23 +32,13 @@ import time
 import pytest
 import tensorflow as tf
 
-from test_training import write_tiny_dataset
+from helpers import REPO_ROOT, child_env, read_log, tiny_flags, write_tiny_dataset
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS, CHECKPOINT_EVERY = 30, 5
 TIMEOUT = 300  # seconds for any one wait: a start-up (TF import, tracing) takes ~30 s here
 STEP_LINE = re.compile(r"step (\d+)/%d " % TRAIN_STEPS)
 START_LINE = re.compile(r"starting at step (\d+) of %d" % TRAIN_STEPS)
 ITERATIONS = "optimizer/iteration/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def tiny_flags(data_dir, model_dir):
-    """The tiny setting of test_training.tiny_config, as command-line flags."""
-    return [f"--train_pattern={data_dir}/train-*", f"--label_map={data_dir}/label_map.txt",
-            f"--model_dir={model_dir}", "--model=scdnn", "--backbone=small", "--image_size=64",
-            "--fpn_channels=16", "--fc_units=32", "--num_patches=4", "--num_train_patches=4",
-            "--anchor_sizes=8,16,32,64", "--global_batch_size=4", "--learning_rate=0.01",
-            "--log_every=1", "--eval_pattern=", "--eval_every=1000"]
 
 
 def start(command, log_path, env=None):
@@ -58,19 +48,6 @@ def start(command, log_path, env=None):
                             env=env or child_env())
     log.close()
     return proc
-
-
-def child_env(**extra):
-    """This process's environment for a training child: quiet TF, the repo importable, no
-    inherited TF_CONFIG (only what `extra` sets)."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO_ROOT, **extra)
-    return env
-
-
-def read_log(path):
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
 
 
 def wait_until(proc, log_path, condition, what, timeout=TIMEOUT, poll=0.005):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from scdnn_tf import evaluate
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.training import make_strategy, run_training
-from test_training import CLASSES, tiny_config, write_tiny_dataset
+from helpers import CLASSES, tiny_config, write_tiny_dataset
 
 
 def _toy_model():

@@ -47,8 +47,7 @@ from PIL import Image
 from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.data.records import build_example
-from test_crash_resume import REPO_ROOT, child_env, read_log, tiny_flags
-from test_training import CLASSES, COLORS, read_events
+from helpers import CLASSES, COLORS, REPO_ROOT, child_env, read_events, read_log, tiny_flags
 
 SIZE, PER_SHARD, SHARDS, STEPS, GLOBAL_BATCH, WORKERS = 64, 48, 2, 3, 4, 2
 TIMEOUT = 420  # seconds per training process (start-up ~30 s; 2 cores shared)

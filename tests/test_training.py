@@ -1,7 +1,6 @@
 """Training: flag validation, a short run's outputs, resume, NaN stop, 1 vs 2 replicas."""
 
 import glob
-import io
 import os
 import shutil
 
@@ -10,76 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from PIL import Image
 
-from scdnn_tf.data.label_map import write_label_map
-from scdnn_tf.data.records import build_example
 from scdnn_tf.flags_common import TrainConfig, config_from_flags, define_flags
 from scdnn_tf.training import run_training
 
-CLASSES = ["red", "green", "blue"]
-COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
-
-
-def write_tiny_dataset(root, num_train=16, num_val=6, size=64, seed=0):
-    """Coloured squares on grey (class = colour), `train-`/`val-` shards + label map."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(root, exist_ok=True)
-    for split, n in (("train", num_train), ("val", num_val)):
-        with tf.io.TFRecordWriter(os.path.join(root, f"{split}-00000-of-00001.tfrecord")) as w:
-            for i in range(n):
-                img = np.full((size, size, 3), 128, np.uint8)
-                present = [c for c in range(3) if rng.rand() < 0.5] or [i % 3]
-                boxes = []
-                for c in present:
-                    s = rng.randint(size // 4, size // 2)
-                    y, x = rng.randint(0, size - s, 2)
-                    img[y:y + s, x:x + s] = COLORS[c]
-                    boxes.append([y / size, x / size, (y + s) / size, (x + s) / size])
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, "PNG")
-                w.write(build_example(
-                    encoded=buf.getvalue(), image_format="png", height=size, width=size,
-                    filename=f"{split}{i}.png", source_id=str(i), boxes=boxes, classes=present,
-                    class_texts=[CLASSES[c] for c in present]).SerializeToString())
-    write_label_map(os.path.join(root, "label_map.txt"), CLASSES)
-    return str(root)
-
-
-def tiny_config(data_dir, model_dir, **overrides):
-    """A few-second SCDNN configuration on the tiny dataset."""
-    values = dict(train_pattern=f"{data_dir}/train-*", eval_pattern=f"{data_dir}/val-*",
-                  label_map=f"{data_dir}/label_map.txt", model_dir=str(model_dir),
-                  model="scdnn", backbone="small", image_size=64, fpn_channels=16, fc_units=32,
-                  num_patches=4, num_train_patches=4, anchor_sizes=(8.0, 16.0, 32.0, 64.0),
-                  global_batch_size=4, train_steps=3, eval_every=3, checkpoint_every=2,
-                  log_every=1, learning_rate=0.01, warmup_steps=0, strategy="one_device",
-                  num_eval_images=2)
-    values.update(overrides)
-    return TrainConfig(**values)
+from helpers import CLASSES, read_events, tiny_config, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def read_events(folder):
-    """{tag: {step: value or image count}} from the event files in `folder`.
-
-    Events are applied in wall-time order, whatever order the files are listed in: a
-    step logged twice (before a crash and again after the resume) keeps the later value.
-    """
-    events = [event for path in glob.glob(os.path.join(folder, "events.out.tfevents.*"))
-              for event in tf.compat.v1.train.summary_iterator(path)]
-    out = {}
-    for event in sorted(events, key=lambda e: e.wall_time):
-        for value in event.summary.value:
-            tensor = tf.make_ndarray(value.tensor)
-            is_image = value.metadata.plugin_data.plugin_name == "images"
-            out.setdefault(value.tag, {})[event.step] = (
-                len(tensor) - 2 if is_image else float(tensor))
-    return out
 
 
 @pytest.mark.parametrize("override, flag", [
