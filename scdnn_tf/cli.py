@@ -46,7 +46,7 @@ def run(main) -> None:
     def guarded(argv):
         from scdnn_tf.preemption import Preempted  # noqa: PLC0415
 
-        prog = os.path.basename(argv[0]) if argv else "scdnn"
+        prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "scdnn"
         try:
             return main(argv)
         except Preempted as e:

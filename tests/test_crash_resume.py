@@ -178,3 +178,32 @@ def test_sigkill_and_restart_resumes_from_last_intact_checkpoint(tmp_path):
     assert not steps[1] or steps[1][0] == first_kill + 1
     assert steps[2] == list(range(second_kill + 1, TRAIN_STEPS + 1))
     assert set().union(*steps) == set(range(1, TRAIN_STEPS + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_the_current_step_and_the_restart_continues_from_it(tmp_path, signum, code):
+    data_dir = write_tiny_dataset(tmp_path / "data")
+    model_dir = str(tmp_path / "run")
+    # No periodic checkpoint before the end: whatever is saved comes from the signal.
+    command = [sys.executable, "-m", "scdnn_tf.train", *tiny_flags(data_dir, model_dir),
+               f"--train_steps={TRAIN_STEPS}", "--checkpoint_every=1000", "--strategy=one_device"]
+    log = str(tmp_path / "log0.txt")
+    proc = start(command, log)
+    wait_until(proc, log, lambda: len(logged_steps(read_log(log))) >= 3, "three logged steps")
+    proc.send_signal(signum)
+    assert proc.wait(timeout=TIMEOUT) == code, read_log(log)[-3000:]
+    text = read_log(log)
+    stopped = re.search(r"stopped by %s after step (\d+)" % signal.Signals(signum).name, text)
+    assert stopped, text[-3000:]
+    step = int(stopped.group(1))
+    assert step == max(logged_steps(text)) and 3 <= step < TRAIN_STEPS
+    assert assert_checkpoints_intact(model_dir) == step
+    assert "Traceback" not in text
+
+    log = str(tmp_path / "log1.txt")
+    proc = start(command, log)
+    assert proc.wait(timeout=TIMEOUT) == 0, read_log(log)[-3000:]
+    text = read_log(log)
+    assert [int(s) for s in START_LINE.findall(text)] == [step]
+    assert logged_steps(text) == list(range(step + 1, TRAIN_STEPS + 1))
