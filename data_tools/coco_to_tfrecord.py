@@ -12,8 +12,10 @@ line) are written beside the shards. Records from TF Model Garden's
 
 Images without annotations are kept (no boxes, no labels). Crowd boxes are left out
 unless `--include_crowd` (counted). Boxes: COCO `[x, y, w, h]` pixels -> normalized
-`[ymin, xmin, ymax, xmax]` using the real image size; partly outside -> clipped and
-counted; wholly outside or zero area -> skipped and counted.
+`[ymin, xmin, ymax, xmax]` by the entry's declared `width`/`height` (the frame they were
+drawn in; see `convert_common` for rescaled and EXIF-rotated files); partly outside ->
+clipped and counted; wholly outside, zero area or NaN -> skipped and counted. Malformed
+entries are counted skips (`coco_checks`); the same file under two ids is written once.
 """
 
 from __future__ import annotations

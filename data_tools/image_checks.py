@@ -1,9 +1,10 @@
 """Loading and checking one image file for a converter (runs in worker processes).
 
 This module imports only Pillow (never TensorFlow) because it runs in forked workers.
-The bytes are kept exactly as read (no re-encoding); the format is detected from the
-bytes (a PNG named `.jpg` is stored as PNG); the whole image is decoded once with
-Pillow so truncated or corrupt files are caught here, not in the middle of training.
+The bytes are kept exactly as read (no re-encoding, except `upright` for an EXIF
+orientation, which the converter decides on); the format is detected from the bytes
+(a PNG named `.jpg` is stored as PNG); the whole image is decoded once with Pillow so
+truncated or corrupt files are caught here, not in the middle of training.
 
 Policy for very large images: an image whose larger side exceeds `max_side` (default
 10,000 px) is SKIPPED (counted, named in the summary) before it is decoded. Such an
