@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from absl import flags
 
-from data_tools import image_checks
+from data_tools import frames, image_checks
 from data_tools.parallel import Progress, ordered_map
 from data_tools.tfrecord_writer import ConversionError, ConversionSummary, ShardedWriter
 from scdnn_tf.data import label_map, records
@@ -111,45 +111,21 @@ def _object_fields(task: ImageTask, keep: Sequence[int]):
             [crowd[i] for i in keep], [diff[i] for i in keep])
 
 
-def is_uniform_rescale(declared_hw, actual_hw) -> bool:
-    """True if `actual_hw` is `declared_hw` scaled by one factor (within 1 px rounding)."""
-    (dh, dw), (ah, aw) = declared_hw, actual_hw
-    if min(dh, dw, ah, aw) <= 0:
+def _report_frame(task: ImageTask, image, frame: frames.Frame | None,
+                  summary: ConversionSummary) -> bool:
+    """Counts the frame decision; False if the image is skipped."""
+    size = f"{image.height}x{image.width}"
+    if frame is None:
+        h, w = task.expected_hw
+        summary.skip(SIZE_MISMATCH, f"{task.path} annotation {h}x{w} image {size}")
         return False
-    return abs(dw * ah / dh - aw) <= 1.0 or abs(dh * aw / dw - ah) <= 1.0
-
-
-def _frame_for(task: ImageTask, image: image_checks.LoadedImage, summary: ConversionSummary):
-    """Chooses the frame the boxes are in; returns (image, (h, w) of that frame) or None.
-
-    The returned image is upright-re-encoded when the labels are in the displayed frame.
-    """
-    rotated = image.orientation != 1
-    if task.expected_hw is None or task.box_units == "normalized":
-        frames = [(image.displayed_hw, rotated)]
-    else:
-        frames = [(image.displayed_hw, True)] if rotated else []
-        frames.append(((image.height, image.width), False))
-    declared = tuple(int(v) for v in task.expected_hw) if task.expected_hw else None
-    chosen = None
-    if declared is None or task.box_units == "normalized":
-        chosen = frames[0]
-    else:
-        chosen = next((f for f in frames if f[0] == declared), None)
-        if chosen is None:
-            chosen = next((f for f in frames if is_uniform_rescale(declared, f[0])), None)
-            if chosen is None:
-                summary.skip(SIZE_MISMATCH, f"{task.path} annotation {declared[0]}x{declared[1]}"
-                                            f" image {image.height}x{image.width}")
-                return None
-            summary.note(RESCALED, f"{task.path} annotation {declared[0]}x{declared[1]} "
-                                   f"image {chosen[0][0]}x{chosen[0][1]}")
-    if rotated and chosen[1]:
-        summary.note(EXIF_APPLIED, f"{task.path} (orientation {image.orientation})")
-        image = image_checks.upright(image)
-    elif rotated:
-        summary.note(EXIF_NOT_APPLIED, f"{task.path} (orientation {image.orientation})")
-    return image, declared or (image.height, image.width)
+    if frame.rescaled:
+        summary.note(RESCALED, f"{task.path} annotation {frame.hw[0]}x{frame.hw[1]} "
+                               f"image {size}")
+    if frame.orientation != 1:
+        summary.note(EXIF_APPLIED if frame.upright else EXIF_NOT_APPLIED,
+                     f"{task.path} (orientation {frame.orientation})")
+    return True
 
 
 def _example_for(task: ImageTask, image: image_checks.LoadedImage, frame_hw,
@@ -189,9 +165,13 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
     final-named shard of this run is left; on success other shards of the prefix are
     removed (noted).
     """
-    load = functools.partial(image_checks.load_image, max_side=max_image_side)
+    load = functools.partial(frames.load_framed, max_side=max_image_side)
+
+    def arg(task):
+        return task.path, task.expected_hw, task.box_units == "normalized"
+
     with ShardedWriter(output_prefix, num_shards) as writer, Progress(total, desc) as bar:
-        for task, image in ordered_map(load, tasks, num_workers, arg=lambda t: t.path):
+        for task, (image, frame) in ordered_map(load, tasks, num_workers, arg=arg):
             bar.update()
             if isinstance(image, image_checks.ImageProblem):
                 summary.skip(image.reason, image.detail)
@@ -199,10 +179,9 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
             if image.mode != "RGB":
                 summary.note(f"non-RGB image kept (mode {image.mode}; the input pipeline "
                              "decodes it to RGB)", task.path)
-            framed = _frame_for(task, image, summary)
-            if framed is None:
+            if not _report_frame(task, image, frame, summary):
                 continue
-            example, n = _example_for(task, framed[0], framed[1], summary)
+            example, n = _example_for(task, image, frame.hw, summary)
             writer.write(example)
             summary.add_written(n)
         if writer.num_written == 0:

@@ -87,7 +87,7 @@ def _check_against_label_map(ex: dict, classes: list[int], texts: list[str],
         if not 0 <= c < len(names):
             raise ValueError(f"{record}: class {c} is outside the label map "
                              f"({len(names)} classes)")
-    bad = record_checks.class_text_mismatches(classes, texts, names)
+    bad = list(dict.fromkeys(record_checks.class_text_mismatches(classes, texts, names)))
     if bad:
         raise ValueError(f"{record}: stored class names differ from the label map: " + ", ".join(
             f"class {c} stored as {t!r}, label map {n!r}" for c, t, n in bad[:5]))
@@ -165,7 +165,11 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect_tfrecord PATTERN [--draw=DIR --num=K] "
                              "[--label_map=FILE]")
-    print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
+    try:
+        stats = inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(format_report(stats))
 
 
 if __name__ == "__main__":

@@ -177,8 +177,9 @@ def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards
     convert_common.check_label_map_beside(output_prefix, list(VOC_CLASSES))
     tasks = (t for t in (_task(voc_dir, i, include_difficult, summary) for i in ids) if t)
     summary.paths = convert_common.run_conversion(
-        convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary, num_workers=num_workers,
-        max_image_side=max_image_side, total=len(ids), desc=f"voc{year} {split}")
+        convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
+        num_workers=num_workers, max_image_side=max_image_side, total=len(ids),
+        desc=f"voc{year} {split}")
     convert_common.write_label_map_beside(output_prefix, list(VOC_CLASSES))
     return summary
 

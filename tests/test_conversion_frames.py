@@ -10,7 +10,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data_tools import coco_to_tfrecord, convert_common, voc_to_tfrecord, yolo_to_tfrecord
+from data_tools import (
+    coco_to_tfrecord,
+    convert_common,
+    frames,
+    image_checks,
+    voc_to_tfrecord,
+    yolo_to_tfrecord,
+)
 from data_tools.inspect_tfrecord import iter_examples
 from data_tools.tfrecord_writer import ConversionError
 from scdnn_tf.data.label_map import write_label_map
@@ -59,9 +66,9 @@ def test_uniform_rescale_uses_declared_size(tmp_path):
 
 
 def test_uniform_rescale_tolerates_rounding():
-    assert convert_common.is_uniform_rescale((427, 640), (214, 320))
-    assert convert_common.is_uniform_rescale((427, 640), (213, 320))
-    assert not convert_common.is_uniform_rescale((48, 64), (32, 32))
+    assert frames.is_uniform_rescale((427, 640), (214, 320))
+    assert frames.is_uniform_rescale((427, 640), (213, 320))
+    assert not frames.is_uniform_rescale((48, 64), (32, 32))
 
 
 def test_non_uniform_size_mismatch_is_skipped(tmp_path):
@@ -133,7 +140,19 @@ def test_exif_not_applied_when_size_matches_stored_frame(tmp_path):
     assert len(s.notes[convert_common.EXIF_NOT_APPLIED]) == 1
 
 
-def test_yolo_always_applies_exif(tmp_path):
+def test_choose_frame_prefers_displayed_frame():
+    img = image_checks.LoadedImage(b"", "jpeg", height=24, width=32, mode="RGB", orientation=6)
+    assert frames.choose_frame((32, 24), False, img) == frames.Frame((32, 24), True,
+                                                                     orientation=6)
+    assert frames.choose_frame((24, 32), False, img) == frames.Frame((24, 32), False,
+                                                                     orientation=6)
+    assert frames.choose_frame((64, 48), False, img).rescaled  # 2x the displayed frame
+    assert frames.choose_frame((30, 30), False, img) is None
+    assert frames.choose_frame(None, True, img) == frames.Frame((32, 24), True, orientation=6)
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_yolo_always_applies_exif(tmp_path, num_workers):
     data, (w, h), (x0, y0, x1, y1) = _rotated_photo()
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
@@ -142,7 +161,8 @@ def test_yolo_always_applies_exif(tmp_path):
         f"0 {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}\n")
     (tmp_path / "names.txt").write_text("car\n")
     s = yolo_to_tfrecord.convert(str(tmp_path / "img"), str(tmp_path / "lab"),
-                                 str(tmp_path / "names.txt"), str(tmp_path / "o" / "y"), 1)
+                                 str(tmp_path / "names.txt"), str(tmp_path / "o" / "y"), 1,
+                                 num_workers=num_workers)
     (ex,) = list(iter_examples(str(tmp_path / "o" / "y-*")))
     shape, mean = _block_mean(ex)
     assert shape == (h, w) and mean > 230

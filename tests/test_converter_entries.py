@@ -4,15 +4,18 @@ category/label-map defects are one clear error, readers check stored class names
 import io
 import json
 import math
-import os
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data_tools import coco_checks, coco_to_tfrecord, convert_common, inspect_tfrecord
-from data_tools import yolo_to_tfrecord
+from data_tools import (
+    coco_checks,
+    coco_to_tfrecord,
+    convert_common,
+    inspect_tfrecord,
+    yolo_to_tfrecord,
+)
 from data_tools.inspect_tfrecord import iter_examples
 from data_tools.tfrecord_writer import ConversionError, ShardedWriter
 from scdnn_tf.data import record_checks, records
@@ -222,7 +225,8 @@ def test_max_boxes_truncation_counted_and_inspect_reports_largest(tmp_path):
 def test_inspect_names_truncated_shard(tmp_path):
     pattern = _records(tmp_path, [([0], ["cat"]), ([1], ["dog"])])
     (path,) = tf.io.gfile.glob(pattern)
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     with open(path, "wb") as f:
         f.write(data[: len(data) - 20])
     with pytest.raises(ValueError, match=f"corrupt TFRecord shard {path}: truncated"):
