@@ -2,8 +2,8 @@
 
 A converter turns its annotation format into a stream of `ImageTask`s (file path +
 boxes in pixels or normalized units + classes); `run_conversion` loads and checks each
-image in worker processes, normalizes and checks the boxes against the *actual* image
-size, builds the `tf.train.Example` and writes it to sharded output, counting every
+image in worker processes, normalizes and checks the boxes in the frame they were
+drawn in (below), builds the `tf.train.Example` and writes it to sharded output, counting every
 skip in a `ConversionSummary`.
 
 Frames: pixel boxes are in the frame the annotation file declares (`expected_hw`). A
