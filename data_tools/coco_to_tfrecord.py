@@ -12,8 +12,10 @@ line) are written beside the shards. Records from TF Model Garden's
 
 Images without annotations are kept (no boxes, no labels). Crowd boxes are left out
 unless `--include_crowd` (counted). Boxes: COCO `[x, y, w, h]` pixels -> normalized
-`[ymin, xmin, ymax, xmax]` using the real image size; partly outside -> clipped and
-counted; wholly outside or zero area -> skipped and counted.
+`[ymin, xmin, ymax, xmax]` by the entry's declared `width`/`height` (the frame they were
+drawn in; see `convert_common` for rescaled and EXIF-rotated files); partly outside ->
+clipped and counted; wholly outside, zero area or NaN -> skipped and counted. Malformed
+entries are counted skips (`coco_checks`); the same file under two ids is written once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from pycocotools.coco import COCO
 
-from data_tools import convert_common, image_checks
+from data_tools import coco_checks, convert_common, image_checks
 from data_tools.tfrecord_writer import ConversionSummary
 
 FLAGS = flags.FLAGS
@@ -41,8 +43,12 @@ MISSING_IMAGE_ID = "annotation for a missing image id"
 CROWD_LEFT_OUT = "crowd box left out"
 
 
-def load_coco(path: str) -> COCO:
-    """Loads an instances json into a pycocotools `COCO`; errors name the file."""
+def load_coco(path: str, summary: ConversionSummary | None = None) -> COCO:
+    """Loads an instances json into a pycocotools `COCO`; errors name the file.
+
+    Malformed image/annotation entries are left out and counted in `summary` (see
+    `coco_checks`); category defects and a non-list `annotations` raise ValueError.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -54,7 +60,7 @@ def load_coco(path: str) -> COCO:
             isinstance(data.get(k), list) for k in ("images", "categories")):
         raise ValueError(f"{path}: not a COCO instances file (needs 'images' and "
                          "'categories' lists)")
-    data.setdefault("annotations", [])
+    data = coco_checks.clean_dataset(data, path, summary or ConversionSummary())
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -112,13 +118,14 @@ def _tasks(coco: COCO, images: list[dict], image_dir: str, include_crowd: bool,
             if ann.get("category_id") not in index_of:
                 summary.skip(UNKNOWN_CATEGORY, f"{label} (category {ann.get('category_id')})")
                 continue
-            if ann.get("iscrowd", 0) and not include_crowd:
+            is_crowd = coco_checks.parse_flag(ann.get("iscrowd", 0))
+            if is_crowd and not include_crowd:
                 summary.note(CROWD_LEFT_OUT, label)
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             boxes.append([y, x, y + h, x + w])
             classes.append(index_of[ann["category_id"]])
-            crowd.append(int(bool(ann.get("iscrowd", 0))))
+            crowd.append(is_crowd)
             objects.append(label)
         hw = (img["height"], img["width"]) if "height" in img and "width" in img else None
         yield convert_common.ImageTask(
@@ -135,16 +142,20 @@ def convert(annotations: str, image_dir: str, output_prefix: str, num_shards: in
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image dir not found: {image_dir}")
     summary = ConversionSummary(strict=strict)
-    coco = load_coco(annotations)
+    coco = load_coco(annotations, summary)
     cat_ids = sorted(coco.cats)
     index_of = {cid: i for i, cid in enumerate(cat_ids)}
     names = [str(coco.cats[c]["name"]) for c in cat_ids]
+    convert_common.check_label_map_beside(output_prefix, names)
+    convert_common.check_label_map_beside(output_prefix, [str(c) for c in cat_ids],
+                                          SOURCE_IDS_FILE)
     images = _images_with_unique_ids(coco, summary)
     _count_orphans(coco, annotations, summary)
+    tasks = _tasks(coco, images, image_dir, include_crowd, index_of, names, summary)
     summary.paths = convert_common.run_conversion(
-        _tasks(coco, images, image_dir, include_crowd, index_of, names, summary),
-        output_prefix, num_shards, summary, num_workers=num_workers,
-        max_image_side=max_image_side, total=len(images), desc="coco")
+        convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
+        num_workers=num_workers, max_image_side=max_image_side, total=len(images),
+        desc="coco")
     convert_common.write_label_map_beside(output_prefix, names)
     convert_common.write_label_map_beside(output_prefix, [str(c) for c in cat_ids],
                                           SOURCE_IDS_FILE)
@@ -161,9 +172,9 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    summary = convert(FLAGS.annotations, FLAGS.image_dir, include_crowd=FLAGS.include_crowd,
-                      **convert_common.common_kwargs(FLAGS))
-    print(summary.report())
+    convert_common.run_main(convert, FLAGS.annotations, FLAGS.image_dir,
+                            include_crowd=FLAGS.include_crowd,
+                            **convert_common.common_kwargs(FLAGS))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,16 @@
 
 A converter turns its annotation format into a stream of `ImageTask`s (file path +
 boxes in pixels or normalized units + classes); `run_conversion` loads and checks each
-image in worker processes, normalizes and checks the boxes against the *actual* image
-size, builds the `tf.train.Example` and writes it to sharded output, counting every
+image in worker processes, normalizes and checks the boxes in the frame they were
+drawn in (below), builds the `tf.train.Example` and writes it to sharded output, counting every
 skip in a `ConversionSummary`.
+
+Frames: pixel boxes are in the frame the annotation file declares (`expected_hw`). A
+file that is a uniform rescale of it (a resized image folder) is normalized by the
+declared size (counted note); any other size mismatch skips the image. A JPEG/PNG with
+an EXIF orientation is stored upright (re-encoded) when its labels are in the displayed
+frame: always for normalized boxes (YOLO tools display rotated), and for pixel boxes
+when the declared size matches the rotated frame (or no size is declared).
 """
 
 from __future__ import annotations
@@ -17,14 +24,23 @@ from typing import Iterable, Sequence
 import numpy as np
 from absl import flags
 
-from data_tools import image_checks
+from data_tools import frames, image_checks
 from data_tools.parallel import Progress, ordered_map
-from data_tools.tfrecord_writer import ConversionSummary, ShardedWriter
+from data_tools.tfrecord_writer import ConversionError, ConversionSummary, ShardedWriter
 from scdnn_tf.data import label_map, records
 
 # Box skip reasons.
 BOX_EMPTY = "box with zero or negative area"
 BOX_OUTSIDE = "box wholly outside the image"
+BOX_NONFINITE = "box with NaN or infinite coordinates"
+# Image skip reasons / notes.
+SIZE_MISMATCH = "image size differs from the annotation size (not a uniform rescale)"
+DUPLICATE_IMAGE = "duplicate image (written once)"
+RESCALED = "image is a uniform rescale of the annotation size (boxes scaled)"
+EXIF_APPLIED = "EXIF orientation applied (image re-encoded upright)"
+EXIF_NOT_APPLIED = ("EXIF orientation not applied (annotation size matches the stored "
+                    "frame)")
+STALE_SHARD = "stale shard of this output prefix removed"
 
 # Coordinates this far outside [0, 1] (float noise in annotation files) are not
 # counted as "clipped"; they are still clamped.
@@ -66,14 +82,17 @@ def check_boxes(boxes: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
     Returns:
       (clipped [N, 4] float32, status [N]) with status "ok", "clipped" (partly
-      outside, clipped), BOX_EMPTY (ymax <= ymin or xmax <= xmin as given) or
-      BOX_OUTSIDE (nothing left inside the image after clipping).
+      outside, clipped), BOX_NONFINITE (a NaN or inf coordinate), BOX_EMPTY
+      (ymax <= ymin or xmax <= xmin as given) or BOX_OUTSIDE (nothing left inside the
+      image after clipping).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    clipped = np.clip(boxes, 0.0, 1.0)
+    clipped = np.clip(np.nan_to_num(boxes, nan=0.0), 0.0, 1.0)
     status = []
     for b, c in zip(boxes, clipped):
-        if not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
+        if not np.all(np.isfinite(b)):
+            status.append(BOX_NONFINITE)
+        elif b[2] <= b[0] or b[3] <= b[1]:
             status.append(BOX_EMPTY)
         elif c[2] <= c[0] or c[3] <= c[1]:
             status.append(BOX_OUTSIDE)
@@ -92,18 +111,35 @@ def _object_fields(task: ImageTask, keep: Sequence[int]):
             [crowd[i] for i in keep], [diff[i] for i in keep])
 
 
-def _example_for(task: ImageTask, image: image_checks.LoadedImage,
+def _report_frame(task: ImageTask, image, frame: frames.Frame | None,
+                  summary: ConversionSummary) -> bool:
+    """Counts the frame decision; False if the image is skipped."""
+    size = f"{image.height}x{image.width}"
+    if frame is None:
+        h, w = task.expected_hw
+        summary.skip(SIZE_MISMATCH, f"{task.path} annotation {h}x{w} image {size}")
+        return False
+    if frame.rescaled:
+        summary.note(RESCALED, f"{task.path} annotation {frame.hw[0]}x{frame.hw[1]} "
+                               f"image {size}")
+    if frame.orientation != 1:
+        summary.note(EXIF_APPLIED if frame.upright else EXIF_NOT_APPLIED,
+                     f"{task.path} (orientation {frame.orientation})")
+    return True
+
+
+def _example_for(task: ImageTask, image: image_checks.LoadedImage, frame_hw,
                  summary: ConversionSummary):
     boxes = np.asarray(task.boxes, np.float64).reshape(-1, 4)
     if task.box_units == "pixels":
-        boxes = boxes / np.array([image.height, image.width, image.height, image.width])
+        boxes = boxes / np.array([frame_hw[0], frame_hw[1], frame_hw[0], frame_hw[1]])
     elif task.box_units != "normalized":
         raise ValueError(f"unknown box_units {task.box_units!r}")
     clipped, status = check_boxes(boxes)
     names = task.object_names or [f"{task.filename} object {i}" for i in range(len(status))]
     keep = []
     for i, s in enumerate(status):
-        if s in (BOX_EMPTY, BOX_OUTSIDE):
+        if s in (BOX_EMPTY, BOX_OUTSIDE, BOX_NONFINITE):
             summary.skip(s, f"{names[i]} {np.round(boxes[i], 4).tolist()}")
             continue
         if s == "clipped":
@@ -125,11 +161,17 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
     """Converts `tasks` into `num_shards` TFRecord shards; returns the shard paths.
 
     Deterministic: example i of the (ordered) output goes to shard i % num_shards.
-    On any exception (including a strict-mode skip) no final-named shard is left.
+    On any exception (including a strict-mode skip, or no image written at all) no
+    final-named shard of this run is left; on success other shards of the prefix are
+    removed (noted).
     """
-    load = functools.partial(image_checks.load_image, max_side=max_image_side)
+    load = functools.partial(frames.load_framed, max_side=max_image_side)
+
+    def arg(task):
+        return task.path, task.expected_hw, task.box_units == "normalized"
+
     with ShardedWriter(output_prefix, num_shards) as writer, Progress(total, desc) as bar:
-        for task, image in ordered_map(load, tasks, num_workers, arg=lambda t: t.path):
+        for task, (image, frame) in ordered_map(load, tasks, num_workers, arg=arg):
             bar.update()
             if isinstance(image, image_checks.ImageProblem):
                 summary.skip(image.reason, image.detail)
@@ -137,22 +179,43 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
             if image.mode != "RGB":
                 summary.note(f"non-RGB image kept (mode {image.mode}; the input pipeline "
                              "decodes it to RGB)", task.path)
-            if task.expected_hw and tuple(task.expected_hw) != (image.height, image.width):
-                summary.note("annotation size differs from the image (actual size used)",
-                             f"{task.path} annotation {task.expected_hw[0]}x{task.expected_hw[1]}"
-                             f" image {image.height}x{image.width}")
-            example, n = _example_for(task, image, summary)
+            if not _report_frame(task, image, frame, summary):
+                continue
+            example, n = _example_for(task, image, frame.hw, summary)
             writer.write(example)
             summary.add_written(n)
+        if writer.num_written == 0:
+            raise ConversionError("no image was written; nothing to train on:\n"
+                                  + summary.report())
+    for path in writer.removed:
+        summary.note(STALE_SHARD, path)
     return writer.paths
 
 
-def write_label_map_beside(output_prefix: str, names: list[str],
+def skip_duplicates(tasks: Iterable[ImageTask], summary: ConversionSummary):
+    """Yields each task whose image file was not seen before; later ones are counted skips.
+
+    Two entries for one file (two ids, or a repeated id in a split list) would write the
+    same image twice; the first is written and each repeat names it.
+    """
+    seen: dict[str, str] = {}
+    for task in tasks:
+        key = os.path.normcase(os.path.abspath(task.path))
+        if key in seen:
+            summary.skip(DUPLICATE_IMAGE, f"{task.filename} (id {task.source_id}): same file "
+                                          f"as id {seen[key]}, which was written")
+            continue
+        seen[key] = task.source_id
+        yield task
+
+
+def check_label_map_beside(output_prefix: str, names: list[str],
                            filename: str = "label_map.txt") -> str:
-    """Writes the label map next to the shards; refuses to silently change one.
+    """Raises ValueError if a different label map is already next to the shards.
 
     Train and validation shards written to the same folder must share one class order,
-    so an existing different label map is an error (delete it to start over).
+    so an existing different label map is an error (delete it to start over). Called
+    before any record is written; returns the label map path.
     """
     path = os.path.join(os.path.dirname(os.path.abspath(output_prefix)), filename)
     if os.path.exists(path):
@@ -161,8 +224,24 @@ def write_label_map_beside(output_prefix: str, names: list[str],
             raise ValueError(f"{path} already exists with a different class list "
                              f"({len(existing)} vs {len(names)} classes); delete it or use "
                              "another output folder")
+    return path
+
+
+def write_label_map_beside(output_prefix: str, names: list[str],
+                           filename: str = "label_map.txt") -> str:
+    """Writes the label map next to the shards (after `check_label_map_beside`)."""
+    path = check_label_map_beside(output_prefix, names, filename)
     label_map.write_label_map(path, list(names))
     return path
+
+
+def run_main(convert_fn, *args, **kwargs) -> None:
+    """Runs a converter from its CLI: prints the summary, or the error and exits 1."""
+    try:
+        summary = convert_fn(*args, **kwargs)
+    except (ConversionError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(summary.report())
 
 
 def define_common_flags() -> None:

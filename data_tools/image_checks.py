@@ -1,9 +1,10 @@
 """Loading and checking one image file for a converter (runs in worker processes).
 
 This module imports only Pillow (never TensorFlow) because it runs in forked workers.
-The bytes are kept exactly as read (no re-encoding); the format is detected from the
-bytes (a PNG named `.jpg` is stored as PNG); the whole image is decoded once with
-Pillow so truncated or corrupt files are caught here, not in the middle of training.
+The bytes are kept exactly as read (no re-encoding, except `upright` for an EXIF
+orientation, which the converter decides on); the format is detected from the bytes
+(a PNG named `.jpg` is stored as PNG); the whole image is decoded once with Pillow so
+truncated or corrupt files are caught here, not in the middle of training.
 
 Policy for very large images: an image whose larger side exceeds `max_side` (default
 10,000 px) is SKIPPED (counted, named in the summary) before it is decoded. Such an
@@ -19,7 +20,7 @@ import io
 import os
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 DEFAULT_MAX_SIDE = 10_000
 
@@ -41,6 +42,14 @@ class LoadedImage:
     height: int
     width: int
     mode: str  # Pillow mode, e.g. "RGB", "L", "CMYK", "I;16"
+    orientation: int = 1  # EXIF orientation tag (1 = upright; TF decoders ignore it)
+
+    @property
+    def displayed_hw(self) -> tuple[int, int]:
+        """(height, width) as viewers show it: EXIF orientations 5..8 swap the sides."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.width, self.height
+        return self.height, self.width
 
 
 @dataclasses.dataclass
@@ -96,13 +105,45 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | Ima
     if width < 1 or height < 1:
         return ImageProblem(CORRUPT, f"{path}: zero size {width}x{height}")
     return LoadedImage(encoded=data, image_format=image_format, height=height,
-                       width=width, mode=im.mode)
+                       width=width, mode=im.mode, orientation=exif_orientation(im))
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 when absent or invalid)."""
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(image: LoadedImage) -> LoadedImage:
+    """Applies the EXIF orientation to the pixels and re-encodes (same format).
+
+    TensorFlow's decoders ignore EXIF, so a record must hold the pixels in the frame its
+    boxes describe; labelling tools show (and label) the rotated frame. JPEG is
+    re-encoded at quality 95; the orientation tag is dropped by the transpose.
+    """
+    if image.orientation == 1:
+        return image
+    im = ImageOps.exif_transpose(Image.open(io.BytesIO(image.encoded)))
+    buf = io.BytesIO()
+    if image.image_format == "jpeg":
+        im.save(buf, format="JPEG", quality=95)
+    else:
+        im.save(buf, format="PNG")
+    return dataclasses.replace(image, encoded=buf.getvalue(), width=im.size[0],
+                               height=im.size[1], orientation=1)
 
 
 def resolve_inside(root: str, relative: str) -> str | None:
-    """Joins `relative` to `root`; None if the result escapes `root` (`../`, absolute)."""
-    root_real = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root_real, relative))
-    if os.path.isabs(relative) or os.path.commonpath([root_real, path]) != root_real:
+    """Joins `relative` to `root`; None if the *name* escapes `root` (`../`, absolute).
+
+    Only the name is checked, not where a symlink points: an image folder made of links
+    to files elsewhere is a common layout.
+    """
+    root_abs = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(root_abs, relative))
+    if os.path.isabs(relative) or os.path.commonpath([root_abs, path]) != root_abs:
         return None
     return path

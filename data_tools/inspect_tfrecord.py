@@ -22,7 +22,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from scdnn_tf.data import label_map as label_map_lib
-from scdnn_tf.data import records
+from scdnn_tf.data import record_checks, records, shards
 
 FLAGS = flags.FLAGS
 
@@ -57,12 +57,19 @@ def draw_boxes(image: Image.Image, boxes: np.ndarray, names: list[str],
 
 def iter_examples(pattern: str):
     """Yields `records.parse_example` dicts (numpy values) of every matching record, in
-    file-name order then record order."""
+    file-name order then record order. A damaged shard is a ValueError naming it."""
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no files match {pattern}")
-    for serialized in tf.data.TFRecordDataset(files):
-        yield {k: v.numpy() for k, v in records.parse_example(serialized).items()}
+    for path in files:
+        count, problem = shards.scan_tfrecord(path)
+        if problem is not None:
+            raise ValueError(f"corrupt TFRecord shard {path}: {problem} after {count} records")
+        try:
+            for serialized in tf.data.TFRecordDataset(path):
+                yield {k: v.numpy() for k, v in records.parse_example(serialized).items()}
+        except tf.errors.DataLossError as e:
+            raise ValueError(f"corrupt TFRecord shard {path}: {e.message}") from None
 
 
 def _class_names(files: list[str], label_map: str | None) -> list[str] | None:
@@ -72,13 +79,29 @@ def _class_names(files: list[str], label_map: str | None) -> list[str] | None:
     return label_map_lib.read_label_map(beside) if os.path.exists(beside) else None
 
 
+def _check_against_label_map(ex: dict, classes: list[int], texts: list[str],
+                             names: list[str]) -> None:
+    """ValueError naming the record if a class is outside `names` or stored by another name."""
+    record = f"record {ex['filename'].decode()} (source_id {ex['source_id'].decode()})"
+    for c in classes:
+        if not 0 <= c < len(names):
+            raise ValueError(f"{record}: class {c} is outside the label map "
+                             f"({len(names)} classes)")
+    bad = list(dict.fromkeys(record_checks.class_text_mismatches(classes, texts, names)))
+    if bad:
+        raise ValueError(f"{record}: stored class names differ from the label map: " + ", ".join(
+            f"class {c} stored as {t!r}, label map {n!r}" for c, t, n in bad[:5]))
+
+
 def inspect(pattern: str, label_map: str | None = None, draw_dir: str | None = None,
             num: int = 8) -> dict:
     """Reads every record matching `pattern`; returns statistics (and draws samples).
 
     Returns:
       dict with `num_records`, `num_objects`, `class_counts` {name: count},
-      `objects_per_image` {num objects: num images}, `drawn` (list of written paths).
+      `objects_per_image` {num objects: num images}, `max_objects` (the largest
+      object count of one image: the `--max_boxes` that keeps every box), `drawn`
+      (list of written paths).
     """
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
@@ -93,13 +116,10 @@ def inspect(pattern: str, label_map: str | None = None, draw_dir: str | None = N
     for ex in iter_examples(pattern):
         classes = ex["classes"].tolist()
         texts = [t.decode("utf-8") for t in ex["class_texts"]]
-        labels = []
-        for i, c in enumerate(classes):
-            if names is not None and not 0 <= c < len(names):
-                raise ValueError(f"{ex['filename'].decode()}: class {c} is outside "
-                                 f"the label map ({len(names)} classes)")
-            labels.append(names[c] if names is not None else (texts[i] if i < len(texts)
-                                                              else str(c)))
+        if names is not None:
+            _check_against_label_map(ex, classes, texts, names)
+        labels = [names[c] if names is not None else (texts[i] if i < len(texts) else str(c))
+                  for i, c in enumerate(classes)]
         class_counts.update(labels)
         per_image[len(classes)] += 1
         if draw_dir and len(drawn) < num:
@@ -114,7 +134,8 @@ def inspect(pattern: str, label_map: str | None = None, draw_dir: str | None = N
         n_records += 1
     return {"num_records": n_records, "num_objects": sum(class_counts.values()),
             "class_counts": dict(class_counts.most_common()),
-            "objects_per_image": dict(sorted(per_image.items())), "drawn": drawn}
+            "objects_per_image": dict(sorted(per_image.items())),
+            "max_objects": max(per_image, default=0), "drawn": drawn}
 
 
 def format_report(stats: dict) -> str:
@@ -126,6 +147,8 @@ def format_report(stats: dict) -> str:
     peak = max(stats["objects_per_image"].values(), default=1)
     for k, n in stats["objects_per_image"].items():
         lines.append(f"  {k:4d}: {n:5d} {'#' * max(1, round(40 * n / peak))}")
+    lines.append(f"largest object count: {stats['max_objects']} (a --max_boxes below it "
+                 "drops box targets)")
     if stats["drawn"]:
         lines.append(f"drew {len(stats['drawn'])} images into "
                      f"{os.path.dirname(stats['drawn'][0])}")
@@ -142,7 +165,11 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect_tfrecord PATTERN [--draw=DIR --num=K] "
                              "[--label_map=FILE]")
-    print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
+    try:
+        stats = inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(format_report(stats))
 
 
 if __name__ == "__main__":

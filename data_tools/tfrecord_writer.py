@@ -13,6 +13,7 @@ files or annotations were dropped and why.
 from __future__ import annotations
 
 import collections
+import glob
 import os
 from typing import Iterable
 
@@ -28,6 +29,14 @@ def shard_paths(output_prefix: str, num_shards: int) -> list[str]:
     return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
 
 
+def stale_shards(output_prefix: str, keep: list[str]) -> list[str]:
+    """Shards of `output_prefix` (any `-NNNNN-of-NNNNN`) that are not in `keep`, sorted."""
+    digits = "[0-9]" * 5
+    pattern = f"{glob.escape(output_prefix)}-{digits}-of-{digits}.tfrecord"
+    keep_abs = {os.path.abspath(p) for p in keep}
+    return sorted(p for p in glob.glob(pattern) if os.path.abspath(p) not in keep_abs)
+
+
 def _temp_path(path: str) -> str:
     # Hidden name in the same folder: the final rename stays on one filesystem (atomic)
     # and shell/tf globs on the prefix do not match it.
@@ -41,9 +50,13 @@ class ShardedWriter:
     Example i (0-based, in call order) goes to shard `i % num_shards`, so the output
     is deterministic when the examples arrive in a deterministic order.
 
+    A successful `close()` also deletes the other shards of the same prefix (left by an
+    earlier run with another `num_shards`), so the prefix holds exactly this run's shards.
+
     Attributes:
       paths: the final shard paths (they exist only after a successful `close()`).
       num_written: examples written so far.
+      removed: stale shards of the prefix deleted by `close()`.
     """
 
     def __init__(self, output_prefix: str, num_shards: int):
@@ -53,6 +66,8 @@ class ShardedWriter:
             raise ValueError(
                 f"output_prefix must name files (e.g. out/train), got {output_prefix!r}")
         self.paths = shard_paths(output_prefix, num_shards)
+        self._prefix = output_prefix
+        self.removed: list[str] = []
         self._temp_paths = [_temp_path(p) for p in self.paths]
         folder = os.path.dirname(os.path.abspath(output_prefix))
         os.makedirs(folder, exist_ok=True)
@@ -80,6 +95,9 @@ class ShardedWriter:
         self._close_writers()
         for tmp, final in zip(self._temp_paths, self.paths):
             os.replace(tmp, final)
+        self.removed = stale_shards(self._prefix, self.paths)
+        for path in self.removed:
+            os.remove(path)
         return self.paths
 
     def abort(self) -> None:
@@ -111,6 +129,8 @@ class ConversionSummary:
       * `note(reason, item)`: a deliberate omission or an informational event that is
         not a data error (crowd boxes left out by option, a non-RGB image kept, ...).
         Never fatal, even under `strict`.
+      * `warn(message)`: a dataset-level problem that is not one item (e.g. no image
+        has a label file). Raises `ConversionError` under `strict`.
     """
 
     def __init__(self, strict: bool = False, max_listed: int = 10):
@@ -121,6 +141,7 @@ class ConversionSummary:
         self.skips: dict[str, list[str]] = collections.defaultdict(list)
         self.notes: dict[str, list[str]] = collections.defaultdict(list)
         self.clipped: list[str] = []
+        self.warnings: list[str] = []
         self.paths: list[str] = []  # output files, filled in by the converter
 
     def add_written(self, num_objects: int) -> None:
@@ -133,6 +154,12 @@ class ConversionSummary:
         self.skips[reason].append(str(item))
         if self.strict:
             raise ConversionError(f"--strict: {reason}: {item}")
+
+    def warn(self, message: str) -> None:
+        """Records a dataset-level warning; raises `ConversionError` in strict mode."""
+        self.warnings.append(str(message))
+        if self.strict:
+            raise ConversionError(f"--strict: {message}")
 
     def clip(self, item: str) -> None:
         """Records a box that was clipped to the image."""
@@ -171,6 +198,7 @@ class ConversionSummary:
         if self.clipped:
             lines += self._section("", [("boxes clipped to the image", self.clipped)])
         lines += self._section("note,", sorted(self.notes.items()))
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -181,4 +209,5 @@ class ConversionSummary:
             "skipped": self.skip_counts(),
             "boxes_clipped": len(self.clipped),
             "notes": {k: len(v) for k, v in sorted(self.notes.items())},
+            "warnings": list(self.warnings),
         }

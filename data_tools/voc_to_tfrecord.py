@@ -41,6 +41,7 @@ UNSAFE_XML = "annotation XML with a DTD/entity declarations (refused)"
 MISSING_XML = "missing annotation XML"
 UNKNOWN_CLASS = "unknown class name"
 DIFFICULT_LEFT_OUT = "difficult object left out"
+NO_SIZE = "annotation without a <size> (the image file's size used)"
 
 
 class UnsafeXMLError(ValueError):
@@ -85,13 +86,20 @@ def parse_annotation(root: ET.Element, name: str) -> dict:
     """Extracts size and objects from a VOC annotation tree.
 
     Returns:
-      dict with `height`, `width` (ints, pixels) and `objects`: a list of dicts with
+      dict with `height`, `width` (ints, pixels; None when `<size>` is missing or zero:
+      the caller then uses the image file's size) and `objects`: a list of dicts with
       `name`, `difficult` (0/1) and `box` = 1-based inclusive pixel
       `(xmin, ymin, xmax, ymax)` floats.
     """
     try:
-        size = (int(float(_text(root, "size/height", name))),
-                int(float(_text(root, "size/width", name))))
+        size = (None, None)
+        if root.find("size/height") is not None or root.find("size/width") is not None:
+            size = (int(float(_text(root, "size/height", name))),
+                    int(float(_text(root, "size/width", name))))
+        if size[0] is not None and min(size) <= 0:
+            if min(size) < 0:
+                raise ValueError(f"negative <size> {size[1]}x{size[0]}")
+            size = (None, None)
         objects = []
         for obj in root.findall("object"):
             difficult = obj.find("difficult")
@@ -131,6 +139,8 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
     except ValueError as e:
         summary.skip(MALFORMED_XML, str(e))
         return None
+    if ann["height"] is None:
+        summary.note(NO_SIZE, xml_path)
     boxes, classes, difficult, objects = [], [], [], []
     for k, obj in enumerate(ann["objects"]):
         label = f"{xml_path} object {k} ({obj['name']})"
@@ -151,7 +161,8 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
         source_id=image_id, boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
         box_units="pixels", classes=classes,
         class_texts=[VOC_CLASSES[c] for c in classes], difficult=difficult,
-        object_names=objects, expected_hw=(ann["height"], ann["width"]))
+        object_names=objects,
+        expected_hw=None if ann["height"] is None else (ann["height"], ann["width"]))
 
 
 def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards: int,
@@ -163,10 +174,12 @@ def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards
         raise FileNotFoundError(f"{voc_dir} not found (expected VOCdevkit/VOC<year>)")
     ids = _read_ids(os.path.join(voc_dir, "ImageSets", "Main", f"{split}.txt"))
     summary = ConversionSummary(strict=strict)
+    convert_common.check_label_map_beside(output_prefix, list(VOC_CLASSES))
     tasks = (t for t in (_task(voc_dir, i, include_difficult, summary) for i in ids) if t)
     summary.paths = convert_common.run_conversion(
-        tasks, output_prefix, num_shards, summary, num_workers=num_workers,
-        max_image_side=max_image_side, total=len(ids), desc=f"voc{year} {split}")
+        convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
+        num_workers=num_workers, max_image_side=max_image_side, total=len(ids),
+        desc=f"voc{year} {split}")
     convert_common.write_label_map_beside(output_prefix, list(VOC_CLASSES))
     return summary
 
@@ -183,10 +196,9 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    summary = convert(FLAGS.voc_root, FLAGS.year, FLAGS.split,
-                      include_difficult=FLAGS.include_difficult,
-                      **convert_common.common_kwargs(FLAGS))
-    print(summary.report())
+    convert_common.run_main(convert, FLAGS.voc_root, FLAGS.year, FLAGS.split,
+                            include_difficult=FLAGS.include_difficult,
+                            **convert_common.common_kwargs(FLAGS))
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     strategy = training.make_strategy(config.strategy)
     model, _, checkpoint_path = training.restore_for_inference(config, len(class_names), strategy)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
-    dataset = training.make_eval_dataset(config, len(class_names))
+    dataset = training.make_eval_dataset(config, len(class_names), class_names)
     predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(dataset)
     metrics = compute_metrics(predictions, config.eval_threshold)
     print(metrics_lib.format_metrics_table(metrics, class_names))

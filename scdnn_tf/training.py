@@ -50,6 +50,7 @@ from absl import logging
 from scdnn_tf import callbacks as callbacks_lib
 from scdnn_tf import checkpoints, preemption, run_lock
 from scdnn_tf import evaluate, visualize
+from scdnn_tf.data import record_checks
 from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.flags_common import ARCHITECTURE_FIELDS, TrainConfig  # noqa: F401 (re-export)
@@ -223,14 +224,19 @@ def restore_for_inference(config: TrainConfig, num_classes: int, strategy):
     return model, model.optimizer, latest
 
 
-def make_eval_dataset(config: TrainConfig, num_classes: int) -> tf.data.Dataset:
-    """Finite, deterministic, unaugmented validation batches of `global_batch_size`."""
+def make_eval_dataset(config: TrainConfig, num_classes: int,
+                      class_names: list[str] | None = None) -> tf.data.Dataset:
+    """Finite, deterministic, unaugmented validation batches of `global_batch_size`.
+
+    With `class_names`, each record's stored class names are checked against them."""
     return make_dataset(config.eval_pattern, num_classes, config.image_size,
                         config.global_batch_size, training=False, max_boxes=config.max_boxes,
-                        class_id_map=read_class_id_map(config.class_id_map))
+                        class_id_map=read_class_id_map(config.class_id_map),
+                        class_names=class_names)
 
 
-def _train_dataset(config, num_classes, strategy, seed):
+def _train_dataset(config, class_names, strategy, seed, truncation=None):
+    num_classes = len(class_names)
     class_id_map = read_class_id_map(config.class_id_map)
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -238,8 +244,8 @@ def _train_dataset(config, num_classes, strategy, seed):
                             context.get_per_replica_batch_size(config.global_batch_size),
                             training=True, max_boxes=config.max_boxes,
                             augment=config.augment, color_jitter=config.color_jitter,
-                            class_id_map=class_id_map,
-                            seed=seed, input_context=context)
+                            class_id_map=class_id_map, class_names=class_names,
+                            truncation=truncation, seed=seed, input_context=context)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -301,7 +307,7 @@ def _context_classes() -> tuple[str, ...]:
 
 def make_evaluate_fn(config, model, strategy, class_names, writer):
     """fn(step) -> metrics: scores the validation set, writes eval summaries, logs a line."""
-    dataset = make_eval_dataset(config, len(class_names))
+    dataset = make_eval_dataset(config, len(class_names), class_names)
     context_classes = _context_classes()
     predictor = evaluate.Predictor(model, strategy, config.global_batch_size)
 
@@ -389,12 +395,15 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     if evaluation is not None:
         callbacks.append(evaluation)
     callbacks.extend(extra_callbacks)
-    dataset = _train_dataset(config, len(class_names), strategy, config.seed + step)
+    truncation = record_checks.TruncationCounter()  # outside strategy.scope(): plain variables
+    dataset = _train_dataset(config, class_names, strategy, config.seed + step, truncation)
     with watcher, _fit_scope(model, strategy):
         # StopAtStep ends training at --train_steps. Epochs are not counted: steps that the
         # mixed-precision loss scale skips (non-finite gradients) do not advance the step.
-        model.fit(dataset, epochs=_UNBOUNDED_EPOCHS, initial_epoch=step // config.eval_every, steps_per_epoch=config.eval_every,
+        model.fit(dataset, epochs=_UNBOUNDED_EPOCHS, initial_epoch=step // config.eval_every,
+                  steps_per_epoch=config.eval_every,
                   callbacks=callbacks, verbose=0)
+    truncation.log(config.max_boxes)  # once per run: how many examples lost box targets
     train_writer.flush()
     if stopper.stopped is not None:
         raise stopper.stopped

@@ -27,7 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.data import augment as augment_lib
-from scdnn_tf.data import preprocess, records, shards
+from scdnn_tf.data import preprocess, record_checks, records, shards
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -115,19 +115,27 @@ def _pad(tensor, size, value):
 
 
 def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
-                    color_jitter=False, scale_range=(0.5, 1.0), class_id_map=None):
-    """Returns fn(serialized, seed [2]) -> one unbatched example dict (see module doc)."""
+                    color_jitter=False, scale_range=(0.5, 1.0), class_id_map=None,
+                    class_names=None, truncation=None):
+    """Returns fn(serialized, seed [2]) -> one unbatched example dict (see module doc).
+
+    `class_names` (the label map) checks each record's stored class names;
+    `truncation` (a `record_checks.TruncationCounter`) counts max_boxes truncation.
+    """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(max_boxes, int) or max_boxes < 1:
         raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
     map_ids = _class_mapper(class_id_map, num_classes)
     do_augment = training and augment
+    names = record_checks.label_map_tensor(class_names)
 
     def fn(serialized, seed):
         ex = records.parse_example(serialized)
         where = tf.strings.join(["record ", ex["filename"], " (source_id ", ex["source_id"], ")"])
         classes = map_ids(ex["classes"], where)
+        if names is not None:
+            classes = record_checks.check_class_texts(classes, ex["class_texts"], names, where)
         image_labels = map_ids(ex["image_labels"], where)
         # Image labels of classes that have no box (of any kind) in the record.
         unbacked = multi_hot(image_labels, num_classes) * (1.0 - multi_hot(classes, num_classes))
@@ -146,6 +154,10 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
         labels, weights = labels_from_objects(classes, is_crowd, difficult, extra_labels,
                                               num_classes)
         target = tf.equal(is_crowd + difficult, 0)
+        if truncation is not None:
+            with tf.control_dependencies([truncation.count(
+                    tf.reduce_sum(tf.cast(target, tf.int32)), max_boxes)]):
+                target = tf.identity(target)
         return {
             "image": preprocess.resize_image(image, image_size),
             "boxes": _pad(tf.boolean_mask(boxes, target), max_boxes, 0.0),
@@ -161,7 +173,7 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
                  shuffle_buffer=1024, augment=True, color_jitter=False, scale_range=(0.5, 1.0),
                  class_id_map=None, skip_corrupt=False, seed=None, repeat=None,
                  drop_remainder=None, num_parallel_calls=AUTOTUNE, input_context=None,
-                 stats=None) -> tf.data.Dataset:
+                 stats=None, class_names=None, truncation=None) -> tf.data.Dataset:
     """Builds the batched dataset (dict of tensors, see the module docstring).
 
     Args:
@@ -187,6 +199,10 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
       input_context: a `tf.distribute.InputContext`; each input pipeline reads its own
         subset of the shards (of the records, when there are fewer shards than pipelines).
       stats: optional `shards.ShardStats` collecting skipped damaged shards.
+      class_names: the label map; a record whose stored class names differ is an error
+        naming the record and both names.
+      truncation: optional `record_checks.TruncationCounter` counting examples with more
+        than `max_boxes` target boxes.
 
     Returns:
       A `tf.data.Dataset` of batch dicts.
@@ -234,7 +250,8 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
     # One stateless seed pair per record: reproducible with `seed`, fresh per epoch.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     example_fn = make_example_fn(num_classes, image_size, max_boxes, training, augment,
-                                 color_jitter, scale_range, class_id_map)
+                                 color_jitter, scale_range, class_id_map, class_names,
+                                 truncation)
     ds = tf.data.Dataset.zip(ds, seeds).map(example_fn, num_parallel_calls=num_parallel_calls,
                                             deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -66,7 +66,8 @@ def build_example(
     """Builds the Example for one image.
 
     Args:
-      encoded: the original file bytes (JPEG or PNG), not re-encoded.
+      encoded: the original file bytes (JPEG or PNG; converters re-encode only to apply
+        an EXIF orientation).
       image_format: "jpeg" or "png".
       height, width: image size in pixels.
       filename, source_id: the file name and the dataset's own image id.
