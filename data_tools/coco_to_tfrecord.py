@@ -20,6 +20,8 @@ entries are counted skips (`coco_checks`); the same file under two ids is writte
 
 from __future__ import annotations
 
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+
 import collections
 import contextlib
 import io
@@ -27,7 +29,7 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from pycocotools.coco import COCO
 
 from data_tools import coco_checks, convert_common, image_checks
@@ -179,4 +181,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -16,11 +16,13 @@ weight [out, in] is transposed. ``num_batches_tracked`` is dropped. Every other 
 be used exactly once, so a checkpoint of another architecture fails loudly.
 """
 
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+
 import os
 
 import keras
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from scdnn_tf.modeling.backbones import build_resnext_classifier
 from scdnn_tf.modeling.resnext import RESNEXT_ARCHS
@@ -155,4 +157,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["source", "arch", "output"])
-    app.run(main)
+    cli.run(main)

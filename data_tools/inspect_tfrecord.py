@@ -12,6 +12,8 @@ used if present, else the class texts stored in the records.
 
 from __future__ import annotations
 
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+
 import collections
 import io
 import os
@@ -165,13 +167,9 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect_tfrecord PATTERN [--draw=DIR --num=K] "
                              "[--label_map=FILE]")
-    try:
-        stats = inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(format_report(stats))
+    print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -21,13 +21,15 @@ object's drawn pixels) and `label_map.txt`. Same seed -> byte-identical files.
 
 from __future__ import annotations
 
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+
 import glob
 import io
 import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from data_tools.tfrecord_writer import ShardedWriter
@@ -298,4 +300,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -20,7 +20,7 @@ from typing import Iterable
 import tensorflow as tf
 
 
-class ConversionError(RuntimeError):
+class ConversionError(ValueError):
     """A conversion problem that must stop the run (any skip under `--strict`)."""
 
 

@@ -19,12 +19,14 @@ so an entity-expansion bomb is rejected with a clear message instead of expanded
 
 from __future__ import annotations
 
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+
 import os
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_tools import convert_common, image_checks
 from data_tools.tfrecord_writer import ConversionSummary
@@ -203,4 +205,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -58,3 +58,19 @@ def test_export_of_a_folder_that_is_no_run_names_it(tmp_path):
 def test_traceback_flag_shows_it(tmp_path):
     code, err = run_cli("scdnn_tf.evaluate", "--traceback")
     assert code != 0 and "Traceback" in err and "--model_dir is required" in err
+
+
+@pytest.mark.slow
+def test_converter_errors_are_one_line(tmp_path):
+    code, err = run_cli("data_tools.coco_to_tfrecord", f"--annotations={tmp_path}/none.json",
+                        f"--image_dir={tmp_path}", f"--output_prefix={tmp_path}/out/train")
+    assert_one_line_error(code, err, "none.json")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"not an image")
+    (tmp_path / "instances.json").write_text(
+        '{"images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], '
+        '"annotations": [], "categories": [{"id": 1, "name": "cat"}]}')
+    code, err = run_cli("data_tools.coco_to_tfrecord", f"--annotations={tmp_path}/instances.json",
+                        f"--image_dir={tmp_path}/images", f"--output_prefix={tmp_path}/out/train",
+                        "--num_workers=1")
+    assert_one_line_error(code, err, "no image was written")
