@@ -3,23 +3,20 @@
 Distribution: the model and optimizer are built inside `strategy.scope()`; the training
 data comes from `strategy.distribute_datasets_from_function`, each input pipeline
 batching `global_batch_size / num_replicas` images (and, under multi_worker_mirrored,
-reading its own shards), so one step always consumes `global_batch_size` images. `fit`
-accepts that distributed dataset as is. (Handing `fit` a plain dataset batched at the
-global size would also give global-batch steps: Keras then calls
-`experimental_distribute_dataset`, which splits each batch over the replicas; the
-function form is used for its per-worker file sharding.)
+reading its own shards), so one step always consumes `global_batch_size` images (the
+function form is used for its per-worker file sharding).
 
-Steps: `fit` runs epochs of `eval_every` batches, starting at
-`initial_epoch = restored_step // eval_every`, until `StopAtStep` ends it at `train_steps`
-(batches the mixed-precision loss scale skips do not count as steps). Checkpoints, evaluations, logs
-and the stop are keyed on the optimizer's global step (see callbacks.py), so a run
-resumed mid-epoch stops exactly at `train_steps` and evaluates at the same steps as an
-uninterrupted run. After a resume the input pipeline is reseeded with
-`seed + restored_step` (replaying the stream would mean decoding every skipped image).
+Steps: `train_loop.train_loop` runs the model's `train_step` in chunks of `eval_every`
+batches until `StopAtStep` ends it at `train_steps` (batches the mixed-precision loss
+scale skips do not count as steps). Checkpoints, evaluations, logs and the stop are keyed
+on the optimizer's global step (see callbacks.py), so a run resumed mid-chunk stops exactly
+at `train_steps` and evaluates at the same steps as an uninterrupted run. After a resume
+the input pipeline is reseeded with `seed + restored_step` (replaying the stream would
+mean decoding every skipped image).
 
 EMA (`--ema_decay`): Keras' optimizer-level EMA (`use_ema=True`); the averages are
 optimizer variables, so they are checkpointed with it. Evaluation swaps them into the
-model (`callbacks.ema_weights`) and back; `fit` itself copies them into the model at the
+model (`callbacks.ema_weights`) and back; the loop copies them into the model at the
 end, so the model returned/exported after training holds the EMA weights.
 
 Mixed precision: `keras.mixed_precision.set_global_policy("mixed_float16")` before
@@ -36,7 +33,6 @@ the end, and every worker restores from model_dir, which must therefore be share
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -48,7 +44,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf import callbacks as callbacks_lib
-from scdnn_tf import checkpoints, preemption, run_lock
+from scdnn_tf import checkpoints, preemption, run_lock, train_loop
 from scdnn_tf import evaluate, visualize
 from scdnn_tf.data import record_checks
 from scdnn_tf.data.label_map import read_label_map, write_label_map
@@ -59,7 +55,6 @@ LABEL_MAP_NAME = "label_map.txt"
 # A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones
 # are safe because checkpoints match the optimizer state to variables by name.
 RESUME_FIXED_FIELDS = ("optimizer",)
-_UNBOUNDED_EPOCHS = 2**62
 RESUME_CHANGEABLE_FIELDS = ("ema_decay", "mixed_precision", "freeze_stages")
 
 
@@ -397,45 +392,14 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     callbacks.extend(extra_callbacks)
     truncation = record_checks.TruncationCounter()  # outside strategy.scope(): plain variables
     dataset = _train_dataset(config, class_names, strategy, config.seed + step, truncation)
-    with watcher, _fit_scope(model, strategy):
-        # StopAtStep ends training at --train_steps. Epochs are not counted: steps that the
-        # mixed-precision loss scale skips (non-finite gradients) do not advance the step.
-        model.fit(dataset, epochs=_UNBOUNDED_EPOCHS, initial_epoch=step // config.eval_every,
-                  steps_per_epoch=config.eval_every,
-                  callbacks=callbacks, verbose=0)
+    with watcher:
+        train_loop.train_loop(model, strategy, dataset, callbacks, start_step=step,
+                              steps_per_epoch=config.eval_every, jit_compile=config.jit_compile)
     truncation.log(config.max_boxes)  # once per run: how many examples lost box targets
     train_writer.flush()
     if stopper.stopped is not None:
         raise stopper.stopped
     return evaluation.last_metrics if evaluation and evaluation.last_metrics else {}
-
-
-@contextlib.contextmanager
-def _fit_scope(model: keras.Model, strategy: tf.distribute.Strategy):
-    """Runs Keras 3.15 `fit` in `strategy.scope()` with the model's own strategy unset.
-
-    With a strategy of its own, `fit` first pulls one batch from the (persistent, since
-    `steps_per_epoch` is set) iterator to build the model symbolically: that batch is
-    never trained on, and under multi-worker the `strategy.reduce` it does rejects a dict
-    batch (keras-team/keras#20585). The model is already built; without its own strategy
-    Keras skips the step and takes the strategy from the enclosing scope.
-    Under multi-worker, `fit` also reduces each step's logs with
-    `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars: the logs get a
-    length-1 axis there, so the result is the mean over replicas, as under `mirrored`.
-    """
-    saved_strategy, saved_step = model._distribute_strategy, model.train_step  # noqa: SLF001
-    model._distribute_strategy = None  # noqa: SLF001
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multi_worker:
-        model.train_step = lambda data: {k: tf.reshape(v, [1])
-                                         for k, v in saved_step(data).items()}
-    try:
-        with strategy.scope():
-            yield
-    finally:
-        model._distribute_strategy = saved_strategy  # noqa: SLF001
-        if multi_worker:
-            del model.train_step  # back to the class's method
 
 
 def metrics_summary(metrics: dict) -> dict:
