@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import numbers
 
-from data_tools.tfrecord_writer import ConversionSummary
+from scdnn_tf.data.tfrecord_writer import ConversionSummary
 
 MALFORMED_IMAGE = "malformed image entry"
 MALFORMED_ANNOTATION = "malformed annotation entry"

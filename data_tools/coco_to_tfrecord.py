@@ -33,7 +33,7 @@ from absl import flags
 from pycocotools.coco import COCO
 
 from data_tools import coco_checks, convert_common, image_checks
-from data_tools.tfrecord_writer import ConversionSummary
+from scdnn_tf.data.tfrecord_writer import ConversionSummary
 
 FLAGS = flags.FLAGS
 

@@ -26,7 +26,7 @@ from absl import flags
 
 from data_tools import frames, image_checks
 from data_tools.parallel import Progress, ordered_map
-from data_tools.tfrecord_writer import ConversionError, ConversionSummary, ShardedWriter
+from scdnn_tf.data.tfrecord_writer import ConversionError, ConversionSummary, ShardedWriter
 from scdnn_tf.data import label_map, records
 
 # Box skip reasons.

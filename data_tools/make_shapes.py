@@ -1,286 +1,22 @@
-"""Synthetic "shapes" scenes: the demo's and the tests' dataset.
-
-Each scene is a patchwork of surfaces, an irregular 2-3 x 2-3 grid of sky, grass,
-water and road tiles (`layout="tiles"`, the default), with 2-5 objects, each lying
-inside one tile. Some classes are told apart ONLY by the surface around them
-(`CONTEXT_CLASSES`): a `sun` and a `ball` are the same yellow disc (same colour, same
-size distribution, same pixel mask for a given radius), one on sky, the other on
-grass; a `boat` and a `car` are the same grey box with windows, one on water, the
-other on road. The tight crop of such an object does not tell its class, and, since
-one image holds several surfaces, neither does the image as a whole: the object's own
-surroundings do. The other classes have their own shape: `tree` (green triangle on a
-trunk), `house` (red square with a roof), `bird` (dark V, on sky), `person` (stick
-figure on grass or road). `layout="bands"` (one sky band over one ground band, so the
-ground is global to the image) is kept for comparison.
+"""CLI: write the synthetic shapes scenes (see `scdnn_tf.data.shapes`) as TFRecords.
 
     python -m data_tools.make_shapes --output_dir=/tmp/shapes --num_train=2000 --num_val=500 --seed=0
-
-writes `train-*.tfrecord`, `val-*.tfrecord` (PNG images, exact boxes: the extent of each
-object's drawn pixels) and `label_map.txt`. Same seed -> byte-identical files.
 """
 
 from __future__ import annotations
 
 from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
 
-import glob
-import io
-import json
-import os
+import json  # noqa: E402
 
-import numpy as np
-from absl import flags
-from PIL import Image
+from absl import flags  # noqa: E402
 
-from data_tools.tfrecord_writer import ShardedWriter
-from scdnn_tf.data.label_map import write_label_map
-from scdnn_tf.data.records import build_example
-
-CLASSES = ["sun", "ball", "boat", "car", "tree", "house", "bird", "person"]
-CONTEXT_CLASSES = [("sun", "ball"), ("boat", "car")]
-GROUNDS = {"grass": (80, 160, 60), "water": (40, 90, 170), "road": (95, 95, 100)}
-SKY = (150, 200, 240)
-YELLOW, GREY, WINDOW = (250, 210, 40), (170, 170, 175), (60, 70, 90)
-# Which classes may appear over each ground (sky objects go with every ground).
-_ON_GROUND = {"grass": ["ball", "tree", "house", "person"], "water": ["boat"],
-              "road": ["car", "person", "house", "tree"]}
-_IN_SKY = ["sun", "bird"]
-META = "shapes_meta.json"
-
-
-def _grid(size):
-    return np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres (y, x)
-
-
-def _disc(yy, xx, y0, x0, d):
-    r = d / 2.0
-    return (yy - (y0 + r)) ** 2 + (xx - (x0 + r)) ** 2 <= r * r
-
-
-def _triangle(yy, xx, apex, left, right):
-    def side(p, q):
-        return (q[1] - p[1]) * (yy - p[0]) - (q[0] - p[0]) * (xx - p[1])
-    s = [side(apex, left), side(left, right), side(right, apex)]
-    return ((s[0] >= 0) & (s[1] >= 0) & (s[2] >= 0)) | ((s[0] <= 0) & (s[1] <= 0) & (s[2] <= 0))
-
-
-def _segment(yy, xx, p, q, width):
-    py, px, qy, qx = p[0], p[1], q[0], q[1]
-    dy, dx = qy - py, qx - px
-    t = np.clip(((yy - py) * dy + (xx - px) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
-    return (yy - (py + t * dy)) ** 2 + (xx - (px + t * dx)) ** 2 <= (width / 2.0) ** 2
-
-
-def _rect(yy, xx, y0, x0, h, w):
-    return (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
-
-
-def _object_size(name, rng, k):
-    """(height, width) in pixels at scale k = image_size / 128."""
-    if name in ("sun", "ball"):  # the same distribution: identical object pixels
-        d = int(round(rng.integers(10, 25) * k))
-        return d, d
-    if name in ("boat", "car"):
-        return int(round(rng.integers(10, 17) * k)), int(round(rng.integers(20, 37) * k))
-    if name == "tree":
-        h = int(round(rng.integers(18, 33) * k))
-        return h, int(round(h * 0.7))
-    if name == "house":
-        w = int(round(rng.integers(14, 27) * k))
-        return int(round(w * 1.5)), w
-    if name == "bird":
-        w = int(round(rng.integers(12, 19) * k))
-        return w // 2, w
-    h = int(round(rng.integers(18, 31) * k))  # person
-    return h, max(int(round(h * 0.5)), 5)
-
-
-def _draw(image, yy, xx, name, y0, x0, h, w):
-    """Paints one object with its top-left at (y0, x0); returns its pixel mask."""
-    layers = []  # (mask, colour), painted in order
-    if name in ("sun", "ball"):
-        layers.append((_disc(yy, xx, y0, x0, h), YELLOW))
-    elif name in ("boat", "car"):
-        body = _rect(yy, xx, y0, x0, h, w)
-        win = _rect(yy, xx, y0 + h * 0.2, x0 + w * 0.2, h * 0.35, w * 0.6)
-        layers += [(body, GREY), (win, WINDOW)]
-    elif name == "tree":
-        th = max(int(h * 0.25), 2)
-        layers.append((_rect(yy, xx, y0 + h - th, x0 + w * 0.4, th, max(w * 0.2, 2)), (110, 70, 30)))
-        layers.append((_triangle(yy, xx, (y0, x0 + w / 2), (y0 + h - th, x0), (y0 + h - th, x0 + w)),
-                       (20, 100, 30)))
-    elif name == "house":
-        roof = h - w
-        layers.append((_triangle(yy, xx, (y0, x0 + w / 2), (y0 + roof, x0), (y0 + roof, x0 + w)),
-                       (90, 40, 30)))
-        layers.append((_rect(yy, xx, y0 + roof, x0, w, w), (200, 40, 40)))
-    elif name == "bird":
-        lw = max(w / 8.0, 1.5)
-        layers.append((_segment(yy, xx, (y0, x0), (y0 + h, x0 + w / 2), lw)
-                       | _segment(yy, xx, (y0 + h, x0 + w / 2), (y0, x0 + w), lw), (30, 30, 40)))
-    else:  # person
-        lw, r = max(w / 5.0, 1.5), w / 2.0
-        cx, neck, hip = x0 + w / 2, y0 + r * 1.2, y0 + h * 0.6
-        mask = _disc(yy, xx, y0, cx - r * 0.6, r * 1.2)
-        for p, q in [((neck, cx), (hip, cx)), ((hip, cx), (y0 + h, x0)), ((hip, cx), (y0 + h, x0 + w)),
-                     ((neck + h * 0.1, x0), (neck + h * 0.1, x0 + w))]:
-            mask |= _segment(yy, xx, p, q, lw)
-        layers.append((mask, (20, 20, 20)))
-    union = np.zeros(yy.shape, bool)
-    for mask, colour in layers:
-        image[mask] = colour
-        union |= mask
-    return union
-
-
-def _iou(a, b):
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter / float(area(a) + area(b) - inter)
-
-
-LAYOUTS = ("tiles", "bands")
-# Which classes may stand on each kind of surface.
-_ON_SURFACE = {"sky": _IN_SKY, **_ON_GROUND}
-SURFACES = {"sky": SKY, **GROUNDS}
-
-
-def _tile_edges(rng, s, n):
-    """n + 1 integer cut positions 0 = e_0 < ... < e_n = s, interior ones jittered."""
-    edges = np.linspace(0.0, s, n + 1)
-    edges[1:-1] += rng.uniform(-0.2, 0.2, n - 1) * s / n
-    return np.round(edges).astype(int)
-
-
-def _regions(rng, s, layout):
-    """Surface regions (kind, y0, x0, y1, x1) in pixels that tile the image.
-
-    `bands`: a sky band over one ground band (the ground kind is global to the image).
-    `tiles`: an irregular 2-3 x 2-3 grid of sky / grass / water / road tiles (at least
-    two kinds), so which surface an object stands on is a local property.
-    """
-    if layout == "bands":
-        horizon = int(round(rng.uniform(0.35, 0.65) * s))
-        ground = list(GROUNDS)[rng.integers(len(GROUNDS))]
-        return [("sky", 0, 0, horizon, s), (ground, horizon, 0, s, s)]
-    ys, xs = _tile_edges(rng, s, int(rng.integers(2, 4))), _tile_edges(rng, s, int(rng.integers(2, 4)))
-    cells = [(ys[i], xs[j], ys[i + 1], xs[j + 1]) for i in range(len(ys) - 1)
-             for j in range(len(xs) - 1)]
-    while True:
-        kinds = [list(SURFACES)[k] for k in rng.integers(len(SURFACES), size=len(cells))]
-        if len(set(kinds)) >= 2:
-            return [(kind, *cell) for kind, cell in zip(kinds, cells)]
-
-
-def render_scene(rng: np.random.Generator, image_size: int = 128, layout: str = "tiles"):
-    """Draws one scene.
-
-    Args:
-      rng: the scene's random generator.
-      image_size: side in pixels.
-      layout: "tiles" (local surfaces, the demo's default) or "bands" (one sky band
-        over one ground band).
-
-    Returns:
-      (image uint8 [S, S, 3], objects: list of (class name, box [4] normalized yxyx,
-       surface kind the object stands on)). Boxes are the exact extent of each
-       object's pixels; an object lies entirely inside its surface region.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    s, k = image_size, image_size / 128.0
-    yy, xx = _grid(s)
-    regions = _regions(rng, s, layout)
-    image = np.empty((s, s, 3), np.uint8)
-    for kind, y0, x0, y1, x1 in regions:
-        image[y0:y1, x0:x1] = SURFACES[kind]
-    noise = rng.integers(-6, 7, size=(s, s, 1))  # mild texture, drawn under the objects
-    image[:] = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
-    placed, objects = [], []
-    for _ in range(int(rng.integers(2, 6))):
-        kind, top, left, bottom, right = regions[rng.integers(len(regions))]
-        candidates = _ON_SURFACE[kind]
-        name = candidates[rng.integers(len(candidates))]
-        h, w = _object_size(name, rng, k)
-        if h > bottom - top or w > right - left:  # a small region: shrink the object to fit
-            f = min((bottom - top) / h, (right - left) / w)
-            h, w = int(h * f), int(w * f)
-            if min(h, w) < 6:
-                continue
-        for _ in range(20):  # rejection sampling: moderate overlap only
-            # 1 px clear of the region's edges where it fits: never on a border.
-            my, mx = min(1, (bottom - top - h) // 2), min(1, (right - left - w) // 2)
-            y0 = int(rng.integers(top + my, bottom - h - my + 1))
-            x0 = int(rng.integers(left + mx, right - w - mx + 1))
-            box = (y0, x0, y0 + h, x0 + w)
-            if all(_iou(box, p) < 0.25 for p in placed):
-                break
-        else:
-            continue
-        mask = _draw(image, yy, xx, name, y0, x0, h, w)
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        placed.append(box)
-        objects.append((name, np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1],
-                                       np.float32) / s, kind))
-    return image, objects
-
-
-def _example(image, objects, index, split):
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    names = [o[0] for o in objects]
-    return build_example(
-        encoded=buf.getvalue(), image_format="png", height=image.shape[0], width=image.shape[1],
-        filename=f"{split}_{index:06d}.png", source_id=f"{split}-{index}",
-        boxes=np.stack([o[1] for o in objects]) if objects else np.zeros((0, 4)),
-        classes=[CLASSES.index(n) for n in names], class_texts=names)
-
-
-def make_shapes(output_dir: str, num_train: int, num_val: int, seed: int,
-                image_size: int = 128, layout: str = "tiles") -> dict:
-    """Writes the dataset; returns {"train": [paths], "val": [paths], "label_map": path}."""
-    if not 32 <= int(image_size) <= 256:
-        raise ValueError(f"image_size must be in 32..256, got {image_size!r}")
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train/num_val must be >= 0, got {num_train}, {num_val}")
-    out = {"label_map": os.path.join(output_dir, "label_map.txt")}
-    write_label_map(out["label_map"], CLASSES)
-    for split_id, (split, n) in enumerate([("train", num_train), ("val", num_val)]):
-        for stale in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord")):
-            os.remove(stale)  # an earlier run with another shard count
-        shards = max(1, min(8, n // 1000))
-        with ShardedWriter(os.path.join(output_dir, split), shards) as writer:
-            for i in range(n):
-                # One generator per image: an image does not depend on the split sizes.
-                rng = np.random.default_rng([seed, split_id, i])
-                writer.write(_example(*render_scene(rng, image_size, layout), i, split))
-        out[split] = writer.paths
-    return out
-
-
-def ensure_shapes_dataset(output_dir: str, num_train: int = 2000, num_val: int = 500,
-                          seed: int = 0, image_size: int = 128, layout: str = "tiles") -> dict:
-    """Generates the dataset unless `output_dir` already holds one with these parameters."""
-    params = {"num_train": num_train, "num_val": num_val, "seed": seed, "image_size": image_size,
-              "layout": layout}
-    meta = os.path.join(output_dir, META)
-    if os.path.exists(meta):
-        with open(meta) as f:
-            done = json.load(f)
-        if done.get("params") == params and all(os.path.exists(p) for p in done["train"] + done["val"]):
-            return {k: done[k] for k in ("train", "val", "label_map")}
-    out = make_shapes(output_dir, num_train, num_val, seed, image_size, layout)
-    with open(meta, "w") as f:  # written last: marks a complete dataset
-        json.dump({"params": params, **out}, f, indent=1)
-    return out
-
+from scdnn_tf.data.shapes import LAYOUTS, make_shapes  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    # Defined only when run as a program: importing this module (the demo config does)
-    # must not clash with the training flags `seed` and `image_size`.
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecords and label_map.txt.")
     flags.DEFINE_integer("num_train", 2000, "Training images.")
     flags.DEFINE_integer("num_val", 500, "Validation images.")
@@ -293,8 +29,8 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    out = make_shapes(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed, FLAGS.image_size,
-                      FLAGS.layout)
+    out = make_shapes(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed,
+                      FLAGS.image_size, FLAGS.layout)
     print(json.dumps(out, indent=1))
 
 

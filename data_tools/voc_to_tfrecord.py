@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from data_tools import convert_common, image_checks
-from data_tools.tfrecord_writer import ConversionSummary
+from scdnn_tf.data.tfrecord_writer import ConversionSummary
 
 FLAGS = flags.FLAGS
 

@@ -26,7 +26,7 @@ import yaml
 from absl import flags
 
 from data_tools import convert_common, image_checks
-from data_tools.tfrecord_writer import ConversionSummary
+from scdnn_tf.data.tfrecord_writer import ConversionSummary
 from scdnn_tf.data import label_map
 
 FLAGS = flags.FLAGS

@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from scdnn_tf import metrics as metrics_lib
+from scdnn_tf import run_dir
 from scdnn_tf.data.label_map import read_label_map
 from scdnn_tf.flags_common import TrainConfig, config_from_flags, define_flags
 
@@ -160,8 +161,6 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     Raises:
       ValueError / FileNotFoundError: no checkpoint, no eval pattern, bad override.
     """
-    from scdnn_tf import training  # noqa: PLC0415 (training imports this module)
-
     if not model_dir:
         raise ValueError("--model_dir is required: the folder of the training run to evaluate")
     config = TrainConfig.read(model_dir)
@@ -173,11 +172,11 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
         setattr(config, key, value)
     if not config.eval_pattern:
         raise ValueError("--eval_pattern is required (and config.json has none)")
-    class_names = read_label_map(os.path.join(model_dir, training.LABEL_MAP_NAME))
-    strategy = training.make_strategy(config.strategy)
-    model, _, checkpoint_path = training.restore_for_inference(config, len(class_names), strategy)
+    class_names = read_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME))
+    strategy = run_dir.make_strategy(config.strategy)
+    model, _, checkpoint_path = run_dir.restore_for_inference(config, len(class_names), strategy)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
-    dataset = training.make_eval_dataset(config, len(class_names), class_names)
+    dataset = run_dir.make_eval_dataset(config, len(class_names), class_names)
     predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(dataset)
     metrics = compute_metrics(predictions, config.eval_threshold)
     print(metrics_lib.format_metrics_table(metrics, class_names))

@@ -8,7 +8,7 @@ asset `assets/label_map.txt` (read by the graph's name table) and through the
 `class_names` signature.
 
 The model is rebuilt from the model_dir's `config.json` and its latest checkpoint by
-`training.restore_for_inference`, which swaps in the EMA weights when the run used them.
+`run_dir.restore_for_inference`, which swaps in the EMA weights when the run used them.
 """
 
 from __future__ import annotations
@@ -132,14 +132,14 @@ def load_from_model_dir(model_dir: str):
     Returns:
       (model, class_names, checkpoint path).
     """
-    from scdnn_tf import training  # noqa: PLC0415 (heavy; only the CLIs need it)
+    from scdnn_tf import run_dir  # noqa: PLC0415 (heavy; only the CLIs need it)
     from scdnn_tf.flags_common import TrainConfig  # noqa: PLC0415
 
     config = TrainConfig.read(model_dir)
     config.model_dir = model_dir  # the directory may have moved since training
-    class_names = read_label_map(os.path.join(model_dir, training.LABEL_MAP_NAME))
+    class_names = read_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME))
     # The default strategy: plain variables, which ExportArchive can save.
-    model, _, checkpoint = training.restore_for_inference(config, len(class_names),
+    model, _, checkpoint = run_dir.restore_for_inference(config, len(class_names),
                                                           tf.distribute.get_strategy())
     return model, class_names, checkpoint
 

@@ -85,12 +85,14 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
         if not self.multi_worker:
             return self.watcher.signum
         # Every worker learns of a signal any worker received, at the same step.
-        local = tf.constant(self.watcher.signum or 0, tf.int32)
-        value = self.strategy.reduce(
-            tf.distribute.ReduceOp.MAX,
+        local = tf.constant(0 if self.watcher.signum is None else 1, tf.int32)
+        count = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
             self.strategy.experimental_distribute_values_from_function(lambda _: local),
             axis=None)
-        return int(value) or None
+        if int(count) == 0:
+            return None
+        return self.watcher.signum or signal.SIGTERM  # a worker that got none: as preempted
 
     def on_train_batch_end(self, batch, logs=None):
         signum = self._agreed_signal()

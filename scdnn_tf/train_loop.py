@@ -23,10 +23,21 @@ import tensorflow as tf
 
 
 def make_step_fn(model: keras.Model, strategy: tf.distribute.Strategy, jit_compile: bool = False):
-    """fn(iterator) -> {name: scalar}: one optimizer step on the next distributed batch."""
-    replica_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+    """fn(iterator) -> {name: scalar}: one optimizer step on the next distributed batch.
+
+    As in Keras' own trainer, autograph does not convert the step (Keras code is plain
+    Python control flow), and only the replica step is XLA-compiled.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
 
     @tf.function
+    @tf.autograph.experimental.do_not_convert
     def step_fn(iterator):
         logs = strategy.run(replica_step, args=(next(iterator),))
         return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)

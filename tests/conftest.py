@@ -32,7 +32,7 @@ def two_cpu_strategy():
     Several MirroredStrategy objects in one process collide in their collective-op
     instance keys, so every test shares the instance `make_strategy` caches.
     """
-    from scdnn_tf.training import make_strategy  # noqa: PLC0415
+    from scdnn_tf.run_dir import make_strategy  # noqa: PLC0415
 
     strategy = make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from conftest import two_cpu_strategy
 
-from scdnn_tf.modeling.baseline import BaselineClassifier, masked_bce_per_example
+from scdnn_tf.modeling import losses
+from scdnn_tf.modeling.baseline import BaselineClassifier
 
 NUM_CLASSES = 3
 
@@ -20,14 +21,18 @@ def _batch(batch=4, size=32, seed=0):
             "labels": labels, "label_weights": weights}
 
 
-def test_masked_bce_per_example_hand_values():
+def test_baseline_optimizes_scdnn_label_loss_hand_values():
+    # One label loss for both models: the masked mean over the classes with weight > 0.
     labels = np.array([[1.0, 0.0], [0.0, 0.0]], "float32")
     logits = np.array([[0.0, 0.0], [2.0, -2.0]], "float32")
     weights = np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
-    got = masked_bce_per_example(labels, logits, weights).numpy()
+    model = BaselineClassifier(2)
+    got = model.compute_losses({"labels": labels, "label_weights": weights},
+                               {"logits": logits})["loss_label"].numpy()
     softplus = lambda z: np.log1p(np.exp(z))  # BCE(0, z) = softplus(z)
-    np.testing.assert_allclose(got, [np.log(2) / 2, (softplus(2) + softplus(-2)) / 2], rtol=1e-6)
-    unmasked = masked_bce_per_example(labels, logits).numpy()
+    np.testing.assert_allclose(got, [np.log(2), (softplus(2) + softplus(-2)) / 2], rtol=1e-6)
+    np.testing.assert_allclose(got, losses.label_loss(labels, logits, weights).numpy())
+    unmasked = model.compute_losses({"labels": labels}, {"logits": logits})["loss_label"].numpy()
     np.testing.assert_allclose(unmasked[0], np.log(2), rtol=1e-6)
 
 

@@ -19,7 +19,7 @@ from data_tools import (
     yolo_to_tfrecord,
 )
 from data_tools.inspect_tfrecord import iter_examples
-from data_tools.tfrecord_writer import ConversionError
+from scdnn_tf.data.tfrecord_writer import ConversionError
 from scdnn_tf.data.label_map import write_label_map
 
 

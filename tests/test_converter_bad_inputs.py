@@ -13,7 +13,7 @@ from PIL import Image
 from data_tools import coco_to_tfrecord, image_checks, voc_to_tfrecord
 from data_tools.convert_common import BOX_EMPTY, BOX_OUTSIDE
 from data_tools.inspect_tfrecord import iter_examples
-from data_tools.tfrecord_writer import ConversionError
+from scdnn_tf.data.tfrecord_writer import ConversionError
 from test_voc_converter import write_voc  # noqa: E402 (tests/ is on sys.path under pytest)
 
 

@@ -17,7 +17,7 @@ from data_tools import (
     yolo_to_tfrecord,
 )
 from data_tools.inspect_tfrecord import iter_examples
-from data_tools.tfrecord_writer import ConversionError, ShardedWriter
+from scdnn_tf.data.tfrecord_writer import ConversionError, ShardedWriter
 from scdnn_tf.data import record_checks, records
 from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset

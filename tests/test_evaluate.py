@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from scdnn_tf import evaluate
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.training import make_strategy, run_training
+from scdnn_tf.run_dir import make_strategy
+from scdnn_tf.training import run_training
 from helpers import CLASSES, tiny_config, write_tiny_dataset
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_tools import inspect_tfrecord
-from data_tools.tfrecord_writer import ShardedWriter
+from scdnn_tf.data.tfrecord_writer import ShardedWriter
 from scdnn_tf.data import records
 from scdnn_tf.data.label_map import write_label_map
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from data_tools import make_shapes as ms
+from scdnn_tf.data import shapes as ms
 from scdnn_tf.data.label_map import read_label_map
 from scdnn_tf.data.pipeline import make_dataset
 

@@ -122,7 +122,7 @@ def test_json_output_and_keras_predictor_agree(models, folder):
 @pytest.mark.slow
 def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
     """model_dir (training's own config/checkpoint code) -> export CLI -> predict CLI."""
-    from scdnn_tf import training
+    from scdnn_tf import run_dir
     from scdnn_tf.data.label_map import write_label_map
     from scdnn_tf.flags_common import TrainConfig
 
@@ -131,8 +131,8 @@ def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
                          anchor_sizes=(8.0, 16.0, 32.0, 64.0), num_patches=6,
                          strategy="one_device")
     config.write(model_dir)
-    write_label_map(os.path.join(model_dir, training.LABEL_MAP_NAME), NAMES)
-    model, manager, _ = training.build_and_restore(config, len(NAMES), tf.distribute.get_strategy())
+    write_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME), NAMES)
+    model, manager, _ = run_dir.build_and_restore(config, len(NAMES), tf.distribute.get_strategy())
     manager.save()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     export_dir = str(tmp_path / "served")

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from data_tools.parallel import Progress, ordered_map
-from data_tools.tfrecord_writer import (ConversionError, ConversionSummary, ShardedWriter,
+from scdnn_tf.data.tfrecord_writer import (ConversionError, ConversionSummary, ShardedWriter,
                                         shard_paths)
 
 

@@ -7,9 +7,11 @@ surroundings).
 
 from __future__ import annotations
 
+import keras
 from keras import layers, ops
 
 
+@keras.saving.register_keras_serializable(package="scdnn_tf")
 class LabelPredictor(layers.Layer):
     """Per-patch class logits from pooled crops.
 

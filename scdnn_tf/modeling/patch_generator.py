@@ -12,6 +12,7 @@ Patch generator 2 (context branch) takes the same patches scaled about their cen
 from __future__ import annotations
 
 import tensorflow as tf
+import keras
 from keras import layers
 
 from scdnn_tf.modeling import box_ops
@@ -91,6 +92,7 @@ def context_patches(boxes, context_scale: float):
     return box_ops.clip_boxes(box_ops.scale_boxes(boxes, context_scale))
 
 
+@keras.saving.register_keras_serializable(package="scdnn_tf")
 class ObjectPatchGenerator(layers.Layer):
     """Patch generator 1 (object branch) as a layer.
 
@@ -149,6 +151,7 @@ class ObjectPatchGenerator(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="scdnn_tf")
 class ContextPatchGenerator(layers.Layer):
     """Patch generator 2 (context branch): boxes scaled by `context_scale`, clipped.
 

@@ -11,6 +11,7 @@ import keras
 from keras import layers, ops
 
 
+@keras.saving.register_keras_serializable(package="scdnn_tf")
 class DensePatchHeads(layers.Layer):
     """Objectness and box-delta predictions for every anchor of every pyramid level.
 

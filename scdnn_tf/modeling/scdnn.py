@@ -21,6 +21,7 @@ from scdnn_tf.modeling.backbones import build_backbone
 from scdnn_tf.modeling.crop_and_resize import crop_valid_boxes, multilevel_crop_and_resize
 from scdnn_tf.modeling.fpn import FPN
 from scdnn_tf.modeling.label_predictor import LabelPredictor
+from scdnn_tf.modeling.multilabel_model import MultiLabelModel
 from scdnn_tf.modeling.patch_generator import ContextPatchGenerator, ObjectPatchGenerator
 from scdnn_tf.modeling.patch_heads import DensePatchHeads
 
@@ -28,7 +29,6 @@ BRANCHES = ("object", "context", "both")
 MAX_LEVEL = 5
 MIN_LEVELS = (2, 3)  # P2..P5 (DESIGN.md) or P3..P5 (lighter: no stride-4 map)
 CROP_BACKENDS = ("tf_image", "gather")
-LOSS_NAMES = ("loss", "loss_regression", "loss_patch", "loss_label")
 
 
 def unpack_inputs(inputs):
@@ -41,7 +41,8 @@ def unpack_inputs(inputs):
     return inputs, None, None
 
 
-class SCDNN(keras.Model):
+@keras.saving.register_keras_serializable(package="scdnn_tf")
+class SCDNN(MultiLabelModel):
     """Spatial-context-aware multi-label classifier.
 
     Args:
@@ -81,6 +82,8 @@ class SCDNN(keras.Model):
       branches), `patch_boxes` [B,N,4], `context_boxes` [B,N,4], `patch_scores` [B,N],
       `patch_valid` [B,N], `objectness` [B,A], `deltas` [B,A,4].
     """
+
+    LOSS_NAMES = ("loss", "loss_regression", "loss_patch", "loss_label")
 
     def __init__(self, num_classes, backbone="small", backbone_weights=None, image_size=448,
                  fpn_channels=256, min_level=2, anchor_sizes=(32, 64, 128, 256), aspect_ratios=(0.5, 1.0, 2.0),
@@ -165,11 +168,6 @@ class SCDNN(keras.Model):
         # Plain numpy constants: not weights, rebuilt from the config.
         self._level_anchors = tuple(np.asarray(a, np.float32) for a in level_anchors)
         self._all_anchors = np.concatenate(self._level_anchors, axis=0)
-        self._trackers = [keras.metrics.Mean(name=n) for n in LOSS_NAMES]
-
-    @property
-    def metrics(self):
-        return list(self._trackers)
 
     def _branch_logits(self, predictor, pyramid, boxes, valid, training):
         if self.crop_backend == "gather":  # static shapes for XLA: every slot, padding too
@@ -233,32 +231,12 @@ class SCDNN(keras.Model):
         total = w_r * l_r + w_p * l_p + w_l * l_l
         return {"loss": total, "loss_regression": l_r, "loss_patch": l_p, "loss_label": l_l}
 
-    def _update_trackers(self, per_image):
-        for tracker in self._trackers:
-            tracker.update_state(per_image[tracker.name])
-        return {t.name: t.result() for t in self._trackers}
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            outputs = self(data, training=True)
-            per_image = self.compute_losses(data, outputs)
-            loss = losses.global_average(per_image["loss"])
-            if self.losses:  # layer regularizers, added once per replica
-                loss += tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._update_trackers(per_image)
-
-    def test_step(self, data):
-        outputs = self(data, training=False)
-        return self._update_trackers(self.compute_losses(data, outputs))
-
     def get_config(self):
         w_r, w_p, w_l = self.loss_weights
         gen = self.object_patch_generator
-        return {
-            "name": self.name, "num_classes": self.num_classes, "backbone": self.backbone_name,
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes, "backbone": self.backbone_name,
             "backbone_weights": self.backbone_weights, "image_size": self.image_size,
             "fpn_channels": self.fpn_channels, "min_level": self.min_level,
             "anchor_sizes": list(self.anchor_sizes),
@@ -272,7 +250,8 @@ class SCDNN(keras.Model):
             "anchor_samples": self.anchor_samples, "positive_fraction": self.positive_fraction,
             "regression_weight": w_r, "patch_weight": w_p, "label_weight": w_l,
             "freeze_bn": self.freeze_bn, "freeze_stages": self.freeze_stages,
-        }
+        })
+        return config
 
     @classmethod
     def from_config(cls, config):
