@@ -179,6 +179,11 @@ def main(argv):
                             **convert_common.common_kwargs(FLAGS))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-coco-to-tfrecord`)."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

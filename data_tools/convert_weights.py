@@ -155,6 +155,11 @@ def main(argv):
     print(f"wrote {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-convert-weights`)."""
     flags.mark_flags_as_required(["source", "arch", "output"])
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -170,6 +170,11 @@ def main(argv):
     print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-inspect-tfrecord`)."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

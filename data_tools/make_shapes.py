@@ -34,6 +34,11 @@ def main(argv):
     print(json.dumps(out, indent=1))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-make-shapes`)."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

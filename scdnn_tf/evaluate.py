@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from scdnn_tf import metrics as metrics_lib
 from scdnn_tf import run_dir
 from scdnn_tf.data.label_map import read_label_map
-from scdnn_tf.flags_common import TrainConfig, config_from_flags, define_flags
+from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags
 
 _OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
 # Flags that may differ between training and evaluation; everything else comes from the
@@ -199,7 +199,12 @@ def main(argv):
     run_evaluation(flags.FLAGS.model_dir, overrides, flags.FLAGS.thresholds_out or None)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-evaluate`)."""
     define_flags()
     flags.DEFINE_string("thresholds_out", "", "Write per-class F1-best thresholds (json) here.")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

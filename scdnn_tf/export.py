@@ -133,7 +133,7 @@ def load_from_model_dir(model_dir: str):
       (model, class_names, checkpoint path).
     """
     from scdnn_tf import run_dir  # noqa: PLC0415 (heavy; only the CLIs need it)
-    from scdnn_tf.flags_common import TrainConfig  # noqa: PLC0415
+    from scdnn_tf.train_config import TrainConfig  # noqa: PLC0415
 
     config = TrainConfig.read(model_dir)
     config.model_dir = model_dir  # the directory may have moved since training
@@ -171,6 +171,11 @@ def main(argv):
     print(f"exported {checkpoint} to {path}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-export`)."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

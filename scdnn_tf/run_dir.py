@@ -15,7 +15,7 @@ from absl import logging
 
 from scdnn_tf import checkpoints
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.flags_common import TrainConfig
+from scdnn_tf.train_config import TrainConfig
 
 LABEL_MAP_NAME = "label_map.txt"
 # A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones

@@ -1,6 +1,6 @@
 """Training CLI: `python -m scdnn_tf.train --flagfile=configs/demo.flags [--flag=value ...]`.
 
-Every flag mirrors a `TrainConfig` field (see `scdnn_tf/flags_common.py` or `--helpfull`);
+Every flag mirrors a `TrainConfig` field (see `scdnn_tf/train_config.py` or `--helpfull`);
 the work is done by `scdnn_tf.training.run_training`. Rerunning with the same
 `--model_dir` resumes from its newest intact checkpoint. Exit status: 0 done, 2 a user
 error (one line on stderr), 143 / 130 stopped by SIGTERM / SIGINT after checkpointing.
@@ -14,7 +14,7 @@ import json  # noqa: E402
 
 from absl import app, logging  # noqa: E402
 
-from scdnn_tf.flags_common import TrainConfig, config_from_flags, define_flags  # noqa: E402
+from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags  # noqa: E402
 from scdnn_tf.training import metrics_summary, run_training  # noqa: E402
 
 
@@ -25,6 +25,11 @@ def main(argv):
     logging.info("final validation metrics: %s", json.dumps(metrics_summary(metrics)))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`scdnn-train`)."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -46,7 +46,7 @@ from scdnn_tf import evaluate, visualize
 from scdnn_tf.data import record_checks, shapes
 from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.flags_common import ARCHITECTURE_FIELDS, TrainConfig  # noqa: F401 (re-export)
+from scdnn_tf.train_config import ARCHITECTURE_FIELDS, TrainConfig
 
 def _train_dataset(config, class_names, strategy, seed, truncation=None):
     num_classes = len(class_names)

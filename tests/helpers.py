@@ -11,7 +11,7 @@ from PIL import Image
 
 from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.records import build_example
-from scdnn_tf.flags_common import TrainConfig
+from scdnn_tf.train_config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -124,7 +124,7 @@ def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
     """model_dir (training's own config/checkpoint code) -> export CLI -> predict CLI."""
     from scdnn_tf import run_dir
     from scdnn_tf.data.label_map import write_label_map
-    from scdnn_tf.flags_common import TrainConfig
+    from scdnn_tf.train_config import TrainConfig
 
     model_dir = str(tmp_path / "run")
     config = TrainConfig(model_dir=model_dir, image_size=64, fpn_channels=16, fc_units=32,

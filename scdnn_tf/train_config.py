@@ -201,7 +201,7 @@ class TrainConfig:
 
 
 def _glob(pattern: str) -> list[str]:
-    import tensorflow as tf  # noqa: PLC0415 (keep `import flags_common` light)
+    import tensorflow as tf  # noqa: PLC0415 (keep `import train_config` light)
     return tf.io.gfile.glob(pattern) if pattern else []
 
 
@@ -221,8 +221,9 @@ def define_flags(flag_values=flags.FLAGS, exclude: tuple[str, ...] = ()) -> None
             continue
         help_text = f.metadata["help"]
         if f.metadata["choices"]:
-            help_text += f" One of: {', '.join(f.metadata['choices'])}."
-        if isinstance(f.default, bool):
+            flags.DEFINE_enum(f.name, f.default, list(f.metadata["choices"]), help_text,
+                              flag_values=flag_values)
+        elif isinstance(f.default, bool):
             flags.DEFINE_bool(f.name, f.default, help_text, flag_values=flag_values)
         elif isinstance(f.default, int):
             flags.DEFINE_integer(f.name, f.default, help_text, flag_values=flag_values)
