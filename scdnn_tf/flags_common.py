@@ -18,6 +18,7 @@ from absl import flags
 
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES
+from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
 
 MODELS = ("scdnn", "baseline")
@@ -59,8 +60,10 @@ class TrainConfig:
     # Model.
     model: str = _field("scdnn", "Network: the SCDNN, or the GAP baseline classifier.", MODELS)
     backbone: str = _field("small", "Backbone network.", BACKBONE_NAMES)
-    backbone_weights: str = _field("", "'' (random init), 'imagenet' (resnet50 only) or a "
-                                       "converted .weights.h5 path.")
+    backbone_weights: str = _field("", "'' (random init), 'imagenet' (resnet50 only), a "
+                                       "converted .weights.h5 path, or hf-hub:timm/NAME[@REV] "
+                                       "(downloaded, converted and cached; e.g. "
+                                       "hf-hub:timm/resnext101_32x8d.tv_in1k).")
     freeze_bn: bool = _field(False, "Keep backbone BatchNorm layers frozen (inference mode).")
     freeze_stages: int = _field(0, "Freeze the backbone stem and the first k-1 stages (0 = none).")
     image_size: int = _field(448, "Input side S in pixels (a multiple of 32).")
@@ -125,9 +128,14 @@ class TrainConfig:
                  "matches no file" if self.train_pattern else "is required")
         if self.eval_pattern:
             _require(self, "eval_pattern", bool(_glob(self.eval_pattern)), "matches no file")
+        if is_hub_spec(self.backbone_weights):
+            try:
+                check_hub_arch(self.backbone_weights, self.backbone)
+            except ValueError as e:
+                raise ValueError(f"--backbone_weights: {e} (--backbone={self.backbone})") from None
         for name in ("class_id_map", "backbone_weights"):
             value = getattr(self, name)
-            if value and value != "imagenet" and not os.path.isfile(value):
+            if value and value != "imagenet" and not is_hub_spec(value) and not os.path.isfile(value):
                 _fail(name, value, "must name an existing file")
         if self.backbone_weights == "imagenet" and self.backbone != "resnet50":
             _fail("backbone_weights", "imagenet", f"is only available for --backbone=resnet50, "
