@@ -110,6 +110,9 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "Checkpoints kept in model_dir.")
     num_eval_images: int = _field(4, "Validation images drawn into TensorBoard per evaluation.")
     eval_threshold: float = _field(0.5, "Score threshold for CP/CR/CF1/OP/OR/OF1.")
+    profile_steps: str = _field("", "Write a profiler trace of global steps K..L ('K,L', or "
+                                    "'K' for one step) for TensorBoard's Profile tab "
+                                    "('' = off).")
 
     def validate(self) -> "TrainConfig":
         """Checks every value; raises ValueError naming the flag and echoing the bad value.
@@ -166,6 +169,13 @@ class TrainConfig:
                  f"needs {levels} positive sizes (P{self.min_level}..P5)")
         _require(self, "aspect_ratios", len(self.aspect_ratios) > 0 and min(self.aspect_ratios) > 0,
                  "needs positive ratios")
+        try:
+            steps = parse_profile_steps(self.profile_steps)
+        except ValueError:
+            steps = (0, 0)
+        if steps and not 1 <= steps[0] <= steps[1] <= self.train_steps:
+            _fail("profile_steps", self.profile_steps,
+                  f"must be 'K,L' (or 'K') with 1 <= K <= L <= --train_steps={self.train_steps}")
         if self.regression_weight + self.patch_weight + self.label_weight == 0:
             _fail("label_weight", self.label_weight, "all three loss weights are 0")
         return self
@@ -206,6 +216,16 @@ class TrainConfig:
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model_dir?")
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+def parse_profile_steps(value: str) -> tuple[int, int] | None:
+    """'K,L' -> (K, L); 'K' -> (K, K); '' -> None. Raises ValueError otherwise."""
+    if not value.strip():
+        return None
+    parts = [int(v) for v in value.split(",")]  # ValueError on a non-integer
+    if len(parts) not in (1, 2):
+        raise ValueError(f"profile steps {value!r} must be 'K,L' or 'K'")
+    return parts[0], parts[-1]
 
 
 def _glob(pattern: str) -> list[str]:
