@@ -64,7 +64,7 @@ def data_dir(tmp_path_factory):
 
 
 def read_events(folder):
-    """{tag: {step: value or image count}} from the event files in `folder`."""
+    """{tag: {step: value, image count or array (PR curves)}} from `folder`'s event files."""
     out = {}
     for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -72,7 +72,8 @@ def read_events(folder):
                 tensor = tf.make_ndarray(value.tensor)
                 is_image = value.metadata.plugin_data.plugin_name == "images"
                 out.setdefault(value.tag, {})[event.step] = (
-                    len(tensor) - 2 if is_image else float(tensor))
+                    len(tensor) - 2 if is_image else float(tensor) if tensor.ndim == 0
+                    else tensor)
     return out
 
 
@@ -144,6 +145,7 @@ def test_short_run_writes_checkpoints_flags_label_map_and_summaries(data_dir, tm
         assert list(evals[tag]) == [3], tag
     assert evals["mAP"][3] == pytest.approx(metrics["mAP"], abs=1e-6)
     assert evals["patches"][3] == 2  # two drawn validation images
+    assert evals["pr_curve/red"][3].shape == (6, 101)
 
 
 class _Crash(keras.callbacks.Callback):
