@@ -110,16 +110,26 @@ class ProfileSteps(keras.callbacks.Callback):
         super().__init__()
         self.log_dir, self.first, self.last = log_dir, int(first), int(last)
         self.active = self.done = False
+        self._trace = None
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not (self.active or self.done) and self.first <= self._step() + 1 <= self.last:
+        step = self._step() + 1
+        if not (self.active or self.done) and self.first <= step <= self.last:
             tf.profiler.experimental.start(self.log_dir)
             self.active = True
+        if self.active:
+            # A step marker (the profiler guide's `_r=1` root event), as Keras' TensorBoard
+            # callback sets: the Profile tab's overview then shows per-step times.
+            self._trace = tf.profiler.experimental.Trace("train", step_num=step, _r=1)
+            self._trace.__enter__()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._trace is not None:
+            self._trace.__exit__(None, None, None)
+            self._trace = None
         if self.active and self._step() >= self.last:
             self._stop()
 

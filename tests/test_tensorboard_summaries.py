@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.pr_curve import metadata as pr_metadata
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from scdnn_tf import callbacks as cb
 from scdnn_tf import tensorboard_summaries as tbs
@@ -112,7 +113,18 @@ def test_tiny_run_writes_hparams_session_with_its_flags(profiled_run):
 def test_profile_steps_write_a_trace_the_profile_tab_opens(profiled_run):
     traces = glob.glob(os.path.join(profiled_run.model_dir, "train", "plugins", "profile", "*",
                                     "*.xplane.pb"))
-    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+    assert len(traces) == 1
+    space = xplane_pb2.XSpace()
+    with open(traces[0], "rb") as f:
+        space.ParseFromString(f.read())
+    steps = []
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        stats = {k: v.name for k, v in plane.stat_metadata.items()}
+        steps += [s.int64_value for line in plane.lines for e in line.events
+                  if names.get(e.metadata_id) == "train"
+                  for s in e.stats if stats[s.metadata_id] == "step_num"]
+    assert sorted(steps) == [2, 3]  # one step marker per profiled step
 
 
 def test_no_trace_without_profile_steps(tmp_path):
