@@ -217,6 +217,7 @@ def write_eval_summaries(writer, step: int, metrics: dict, class_names, images=N
         if images is not None and len(images):
             tf.summary.image("patches", images, max_outputs=len(images))
         if predictions is not None:
-            tensorboard_summaries.write_pr_curves(step, predictions["labels"], predictions["scores"],
-                                                  class_names, predictions["label_weights"])
+            tensorboard_summaries.write_pr_curves(
+                step, predictions["labels"], predictions["scores"], class_names,
+                predictions["label_weights"])
     writer.flush()

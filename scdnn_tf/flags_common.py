@@ -138,7 +138,8 @@ class TrainConfig:
                 raise ValueError(f"--backbone_weights: {e} (--backbone={self.backbone})") from None
         for name in ("class_id_map", "backbone_weights"):
             value = getattr(self, name)
-            if value and value != "imagenet" and not is_hub_spec(value) and not os.path.isfile(value):
+            local = value and value != "imagenet" and not is_hub_spec(value)
+            if local and not os.path.isfile(value):
                 _fail(name, value, "must name an existing file")
         if self.backbone_weights == "imagenet" and self.backbone != "resnet50":
             _fail("backbone_weights", "imagenet", f"is only available for --backbone=resnet50, "

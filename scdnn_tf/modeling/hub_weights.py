@@ -5,7 +5,8 @@
 ``HF_HOME`` / ``HF_HUB_OFFLINE`` and falls back to that cache when the hub cannot be
 reached), converts it with `timm_weights.convert_checkpoint` and keeps the result in
 
-    $SCDNN_CACHE (default ~/.cache/scdnn_tf)/hf-hub/models--<owner>--<name>/<commit>/<arch>.weights.h5
+    $SCDNN_CACHE/hf-hub/models--<owner>--<name>/<commit>/<arch>.weights.h5
+    ($SCDNN_CACHE defaults to ~/.cache/scdnn_tf)
 
 keyed by the repository and the resolved commit, so a moved ``main`` converts again
 and an unchanged one is reused. The file is written to a temporary name and renamed,
@@ -55,7 +56,8 @@ def check_hub_arch(spec: str, arch: str) -> None:
 
     repo_id, _ = parse_hub_spec(spec)
     if arch not in ARCHS:
-        hint = " (use --backbone=resnet50_tv for torch ResNet-50 weights)" if arch == "resnet50" else ""
+        hint = (" (use --backbone=resnet50_tv for torch ResNet-50 weights)"
+                if arch == "resnet50" else "")
         raise ValueError(f"{spec!r}: hub checkpoints convert into {', '.join(ARCHS)}, not "
                          f"backbone {arch!r}{hint}")
     owner, name = repo_id.split("/")
