@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from scdnn_tf import tensorboard_summaries
+
 
 def global_step(model: keras.Model) -> int:
     """The optimizer's step counter as a Python int (works for mirrored variables)."""
@@ -188,8 +190,9 @@ class TrainLogger(keras.callbacks.Callback):
 
 
 def write_eval_summaries(writer, step: int, metrics: dict, class_names, images=None,
-                         context_classes=()) -> None:
-    """TensorBoard eval scalars (every summary metric, per-context-class AP) and images.
+                         context_classes=(), predictions=None) -> None:
+    """TensorBoard eval scalars (every summary metric, per-context-class AP), images and
+    per-class PR curves.
 
     Args:
       writer: tf.summary writer for `model_dir/eval`.
@@ -199,6 +202,8 @@ def write_eval_summaries(writer, step: int, metrics: dict, class_names, images=N
       images: optional uint8 [K,H,W,3] drawn validation images.
       context_classes: names whose AP is logged as `AP_context/<name>` (with their mean
         as `mAP_context`), e.g. the synthetic scenes' context-decided classes.
+      predictions: optional `Predictor.predict_dataset` output (`labels`, `scores`,
+        `label_weights` [N,C]) for the `pr_curve/<class>` summaries.
     """
     with writer.as_default(step=step):
         for key, value in metrics.items():
@@ -213,4 +218,8 @@ def write_eval_summaries(writer, step: int, metrics: dict, class_names, images=N
             tf.summary.scalar("mAP_context", float(np.nanmean(context_ap)))
         if images is not None and len(images):
             tf.summary.image("patches", images, max_outputs=len(images))
+        if predictions is not None:
+            tensorboard_summaries.write_pr_curves(
+                step, predictions["labels"], predictions["scores"], class_names,
+                predictions["label_weights"])
     writer.flush()

@@ -18,6 +18,7 @@ from absl import flags
 
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES
+from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
 
 MODELS = ("scdnn", "baseline")
@@ -59,8 +60,10 @@ class TrainConfig:
     # Model.
     model: str = _field("scdnn", "Network: the SCDNN, or the GAP baseline classifier.", MODELS)
     backbone: str = _field("small", "Backbone network.", BACKBONE_NAMES)
-    backbone_weights: str = _field("", "'' (random init), 'imagenet' (resnet50 only) or a "
-                                       "converted .weights.h5 path.")
+    backbone_weights: str = _field("", "'' (random init), 'imagenet' (resnet50 only), a "
+                                       "converted .weights.h5 path, or hf-hub:timm/NAME[@REV] "
+                                       "(downloaded, converted and cached; e.g. "
+                                       "hf-hub:timm/resnext101_32x8d.tv_in1k).")
     freeze_bn: bool = _field(False, "Keep backbone BatchNorm layers frozen (inference mode).")
     freeze_stages: int = _field(0, "Freeze the backbone stem and the first k-1 stages (0 = none).")
     image_size: int = _field(448, "Input side S in pixels (a multiple of 32).")
@@ -107,6 +110,9 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "Checkpoints kept in model_dir.")
     num_eval_images: int = _field(4, "Validation images drawn into TensorBoard per evaluation.")
     eval_threshold: float = _field(0.5, "Score threshold for CP/CR/CF1/OP/OR/OF1.")
+    profile_steps: str = _field("", "Write a profiler trace of global steps K..L ('K,L', or "
+                                    "'K' for one step) for TensorBoard's Profile tab "
+                                    "('' = off).")
 
     def validate(self) -> "TrainConfig":
         """Checks every value; raises ValueError naming the flag and echoing the bad value.
@@ -125,9 +131,15 @@ class TrainConfig:
                  "matches no file" if self.train_pattern else "is required")
         if self.eval_pattern:
             _require(self, "eval_pattern", bool(_glob(self.eval_pattern)), "matches no file")
+        if is_hub_spec(self.backbone_weights):
+            try:
+                check_hub_arch(self.backbone_weights, self.backbone)
+            except ValueError as e:
+                raise ValueError(f"--backbone_weights: {e} (--backbone={self.backbone})") from None
         for name in ("class_id_map", "backbone_weights"):
             value = getattr(self, name)
-            if value and value != "imagenet" and not os.path.isfile(value):
+            local = value and value != "imagenet" and not is_hub_spec(value)
+            if local and not os.path.isfile(value):
                 _fail(name, value, "must name an existing file")
         if self.backbone_weights == "imagenet" and self.backbone != "resnet50":
             _fail("backbone_weights", "imagenet", f"is only available for --backbone=resnet50, "
@@ -158,6 +170,13 @@ class TrainConfig:
                  f"needs {levels} positive sizes (P{self.min_level}..P5)")
         _require(self, "aspect_ratios", len(self.aspect_ratios) > 0 and min(self.aspect_ratios) > 0,
                  "needs positive ratios")
+        try:
+            steps = parse_profile_steps(self.profile_steps)
+        except ValueError:
+            steps = (0, 0)
+        if steps and not 1 <= steps[0] <= steps[1] <= self.train_steps:
+            _fail("profile_steps", self.profile_steps,
+                  f"must be 'K,L' (or 'K') with 1 <= K <= L <= --train_steps={self.train_steps}")
         if self.regression_weight + self.patch_weight + self.label_weight == 0:
             _fail("label_weight", self.label_weight, "all three loss weights are 0")
         return self
@@ -198,6 +217,16 @@ class TrainConfig:
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model_dir?")
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+def parse_profile_steps(value: str) -> tuple[int, int] | None:
+    """'K,L' -> (K, L); 'K' -> (K, K); '' -> None. Raises ValueError otherwise."""
+    if not value.strip():
+        return None
+    parts = [int(v) for v in value.split(",")]  # ValueError on a non-integer
+    if len(parts) not in (1, 2):
+        raise ValueError(f"profile steps {value!r} must be 'K,L' or 'K'")
+    return parts[0], parts[-1]
 
 
 def _glob(pattern: str) -> list[str]:

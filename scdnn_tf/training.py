@@ -41,8 +41,8 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf import callbacks as callbacks_lib
-from scdnn_tf import preemption, run_dir, run_lock, train_loop
-from scdnn_tf import evaluate, visualize
+from scdnn_tf import evaluate, preemption, run_dir, run_lock, tensorboard_summaries, train_loop
+from scdnn_tf import visualize
 from scdnn_tf.data import record_checks, shapes
 from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
@@ -129,7 +129,7 @@ def make_evaluate_fn(config, model, strategy, class_names, writer):
                 scale = max(1, 256 // config.image_size)
                 drawn = visualize.draw_batch(samples["image"], samples, class_names, scale=scale)
         callbacks_lib.write_eval_summaries(writer, step, metrics, class_names, drawn,
-                                           context_classes)
+                                           context_classes, predictions)
         logging.info("step %d eval: mAP %.2f  CF1 %.2f  OF1 %.2f  (%d images)", step,
                      100 * metrics["mAP"], 100 * metrics["CF1"], 100 * metrics["OF1"],
                      metrics["num_images"])
@@ -175,6 +175,7 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
                  f"{model.count_params():,}", step, config.train_steps)
     train_writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(write_dir, "eval"))
+    tensorboard_summaries.write_hparams(write_dir, config)
     evaluate_fn = (make_evaluate_fn(config, model, strategy, class_names, eval_writer)
                    if config.eval_pattern else None)
     if step >= config.train_steps:
@@ -202,6 +203,7 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
                  callbacks_lib.StopAtStep(config.train_steps)]
     if evaluation is not None:
         callbacks.append(evaluation)
+    callbacks.extend(tensorboard_summaries.profiler_callbacks(config, write_dir))
     callbacks.extend(extra_callbacks)
     truncation = record_checks.TruncationCounter()  # outside strategy.scope(): plain variables
     dataset = _train_dataset(config, class_names, strategy, config.seed + step, truncation)

@@ -58,7 +58,7 @@ def tiny_config(data_dir, model_dir, **overrides):
 
 
 def read_events(folder):
-    """{tag: {step: value or image count}} from the event files in `folder`.
+    """{tag: {step: value, image count or array (PR curves)}} from `folder`'s event files.
 
     Events are applied in wall-time order, whatever order the files are listed in: a
     step logged twice (before a crash and again after the resume) keeps the later value.
@@ -71,7 +71,7 @@ def read_events(folder):
             tensor = tf.make_ndarray(value.tensor)
             is_image = value.metadata.plugin_data.plugin_name == "images"
             out.setdefault(value.tag, {})[event.step] = (
-                len(tensor) - 2 if is_image else float(tensor))
+                len(tensor) - 2 if is_image else float(tensor) if tensor.ndim == 0 else tensor)
     return out
 
 

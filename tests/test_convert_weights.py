@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from data_tools.convert_weights import (
+from scdnn_tf.modeling.timm_weights import (
     convert_checkpoint, load_torch_state_dict, torch_to_keras_arrays)
 from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.weights_by_name import layers_with_variables
@@ -108,3 +108,9 @@ def test_convert_resnext50_safetensors_end_to_end(tmp_path):
     backbone = build_backbone("resnext50_32x4d", weights=output)  # fc skipped
     reference = keras.Model(source.input, source.get_layer("layer4_2_out").output)
     np.testing.assert_allclose(backbone(x)["C5"], reference(x), atol=1e-4)
+
+
+def test_cli_module_is_a_thin_wrapper_over_the_library():
+    from data_tools import convert_weights as cli  # noqa: PLC0415
+
+    assert cli.convert_checkpoint is convert_checkpoint

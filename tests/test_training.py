@@ -89,6 +89,7 @@ def test_short_run_writes_checkpoints_flags_label_map_and_summaries(data_dir, tm
         assert list(evals[tag]) == [3], tag
     assert evals["mAP"][3] == pytest.approx(metrics["mAP"], abs=1e-6)
     assert evals["patches"][3] == 2  # two drawn validation images
+    assert evals["pr_curve/red"][3].shape == (6, 101)
 
 
 class _Crash(keras.callbacks.Callback):

@@ -10,13 +10,15 @@ models take raw pixels:
   ImageNet mean ("caffe"), i.e. ``keras.applications.resnet50.preprocess_input``.
 
 ``weights`` is None (random init), a path to a by-name ``.weights.h5`` file (written by
-`weights_by_name.save_weights_by_name`, e.g. by data_tools/convert_weights.py), or
-``"imagenet"`` for ``resnet50`` only (downloaded by Keras on a machine with internet).
+`weights_by_name.save_weights_by_name`, e.g. by data_tools/convert_weights.py),
+``"hf-hub:timm/<model>.<tag>[@revision]"`` (a timm checkpoint downloaded, converted and
+cached by `hub_weights.py`), or ``"imagenet"`` for ``resnet50`` only (downloaded by Keras
+on a machine with internet).
 """
 
 import keras
 
-from scdnn_tf.modeling import resnext
+from scdnn_tf.modeling import hub_weights, resnext
 from scdnn_tf.modeling.weights_by_name import load_weights_by_name
 
 LEVELS = ("C2", "C3", "C4", "C5")
@@ -135,7 +137,8 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
 
     Args:
         name: "resnext101_32x8d", "resnext50_32x4d", "resnet50" or "small".
-        weights: None (random), a by-name ``.weights.h5`` path, or "imagenet" (resnet50).
+        weights: None (random), a by-name ``.weights.h5`` path, an ``hf-hub:`` timm
+            checkpoint name, or "imagenet" (resnet50).
         freeze_bn: BatchNorm layers in inference mode and non-trainable.
         freeze_stages: Freeze stem (0) .. stage k-1.
         image_size: Static input side S (None = any size).
@@ -148,8 +151,12 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
     if weights == "imagenet" and name != "resnet50":
         raise ValueError(
             f"weights='imagenet' is only downloadable for resnet50; for {name!r} convert a "
-            "timm/torchvision checkpoint with data_tools.convert_weights (README: ImageNet weights) "
-            "and pass the .weights.h5 path")
+            f"timm/torchvision checkpoint with data_tools.convert_weights (README: ImageNet "
+            f"weights) and pass the .weights.h5 path, or pass hf-hub:timm/<name> (e.g. "
+            f"hf-hub:timm/resnext101_32x8d.tv_in1k)")
+    if hub_weights.is_hub_spec(weights):
+        # Resolved (downloaded/converted) before the graph is built, so a failure is fast.
+        weights = hub_weights.resolve_hub_weights(weights, name)
     keras_weights = "imagenet" if weights == "imagenet" else None
     inputs, features, stage_fn = backbone_graph(name, image_size, keras_weights)
     model = keras.Model(inputs, features, name=name)
