@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from scdnn_tf.modeling import resnext
+from scdnn_tf.modeling.backbone_graph import ImagePreprocessing
 from scdnn_tf.modeling.backbones import (
-    BACKBONE_NAMES, ImagePreprocessing, backbone_channels, build_backbone,
+    BACKBONE_NAMES, backbone_channels, build_backbone,
     build_resnext_classifier)
 from scdnn_tf.modeling.weights_by_name import save_weights_by_name
 

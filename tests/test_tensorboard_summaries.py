@@ -12,7 +12,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from scdnn_tf import callbacks as cb
 from scdnn_tf import tensorboard_summaries as tbs
-from scdnn_tf.flags_common import TrainConfig
+from scdnn_tf.train_config import TrainConfig
 from scdnn_tf.metrics import multilabel_metrics
 from scdnn_tf.training import run_training
 from test_training import CLASSES, tiny_config, write_tiny_dataset

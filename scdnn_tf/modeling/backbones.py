@@ -18,99 +18,10 @@ on a machine with internet).
 
 import keras
 
-from scdnn_tf.modeling import hub_weights, resnext
+from scdnn_tf.modeling import hub_weights
+from scdnn_tf.modeling.backbone_graph import (  # noqa: F401 (part of this module's API)
+    BACKBONE_NAMES, LEVELS, SMALL_ARCH, check_backbone_name, backbone_graph, build_resnext_classifier)
 from scdnn_tf.modeling.weights_by_name import load_weights_by_name
-
-LEVELS = ("C2", "C3", "C4", "C5")
-
-# keras.applications.ResNet50 layers giving C2..C5.
-_KERAS_RESNET50_OUTPUTS = {
-    "C2": "conv2_block3_out",
-    "C3": "conv3_block4_out",
-    "C4": "conv4_block6_out",
-    "C5": "conv5_block3_out",
-}
-
-# The `small` CPU backbone: 1 bottleneck per stage (cheap to trace and run on 2 cores),
-# output channels 32/64/128/256.
-SMALL_ARCH = dict(layers=(1, 1, 1, 1), groups=1, width_per_group=64,
-                  planes=(16, 32, 64, 128), stem_width=16, expansion=2)
-
-BACKBONE_NAMES = ("resnext101_32x8d", "resnext50_32x4d", "resnet50", "resnet50_tv", "small")
-
-
-@keras.saving.register_keras_serializable(package="scdnn_tf")
-class ImagePreprocessing(keras.layers.Layer):
-    """Maps RGB pixels in [0, 255] to a backbone's expected input (keras imagenet_utils).
-
-    Args:
-        mode: "torch" (x/255, then ImageNet mean/std) or "caffe" (RGB->BGR, minus the
-            ImageNet mean in 0..255 units).
-
-    Runs in float32 whatever the global policy: the next conv casts to its compute dtype.
-    """
-
-    MODES = ("torch", "caffe")
-
-    def __init__(self, mode="torch", name="preprocess", **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(name=name, **kwargs)
-        if mode not in self.MODES:
-            raise ValueError(f"ImagePreprocessing mode must be one of {self.MODES}, got {mode!r}")
-        self.mode = mode
-
-    def call(self, images):
-        images = keras.ops.cast(images, "float32")
-        return keras.applications.imagenet_utils.preprocess_input(
-            images, data_format="channels_last", mode=self.mode)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("dtype", None)  # always float32, forced in __init__
-        config["mode"] = self.mode
-        return config
-
-
-def _keras_resnet50_stage(layer_name):
-    """Stage of a keras.applications ResNet50 layer: conv1_*/pool1_* = 0, convK_* = K-1."""
-    if layer_name.startswith(("conv1_", "pool1_")):
-        return 0
-    if layer_name.startswith("conv") and layer_name[4:5].isdigit() and layer_name[5:6] == "_":
-        return int(layer_name[4]) - 1
-    return None
-
-
-def _check_name(name):
-    if name not in BACKBONE_NAMES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
-
-
-def backbone_graph(name, image_size=None, keras_weights=None):
-    """Builds a backbone's functional graph.
-
-    Args:
-        name: One of `BACKBONE_NAMES`.
-        image_size: Static input side S, or None for any size.
-        keras_weights: Only for ``resnet50``: passed to keras.applications (None or
-            "imagenet").
-
-    Returns:
-        (inputs, features, stage_fn): the keras.Input [B,S,S,3], the dict of C2..C5
-        tensors, and a function layer_name -> stage index (stem = 0) or None.
-    """
-    _check_name(name)
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    if name == "resnet50":
-        x = ImagePreprocessing("caffe")(inputs)
-        # input_tensor keeps one flat model whose input is `inputs` (through preprocess).
-        base = keras.applications.ResNet50(
-            include_top=False, weights=keras_weights, input_tensor=x)
-        features = {k: base.get_layer(v).output for k, v in _KERAS_RESNET50_OUTPUTS.items()}
-        return inputs, features, _keras_resnet50_stage
-    x = ImagePreprocessing("torch")(inputs)
-    arch = SMALL_ARCH if name == "small" else resnext.RESNEXT_ARCHS[name]
-    return inputs, resnext.resnet_features(x, **arch), resnext.stage_of_layer
-
 
 def apply_freezing(model, stage_fn, freeze_bn=False, freeze_stages=0):
     """Freezes BatchNorm layers and/or the first stages of a backbone, in place.
@@ -147,7 +58,7 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
         keras.Model named ``name``: images [B,S,S,3] float32 in [0,255] ->
         {"C2": [B,S/4,S/4,c2], ..., "C5": [B,S/32,S/32,c5]} (ceil for odd sizes).
     """
-    _check_name(name)
+    check_backbone_name(name)
     if weights == "imagenet" and name != "resnet50":
         raise ValueError(
             f"weights='imagenet' is only downloadable for resnet50; for {name!r} convert a "
@@ -168,7 +79,7 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
 
 def backbone_channels(name):
     """Channels of C2..C5 for a backbone name, as a dict (no model is built)."""
-    _check_name(name)
+    check_backbone_name(name)
     if name == "small":
         planes, expansion = SMALL_ARCH["planes"], SMALL_ARCH["expansion"]
     else:
@@ -176,26 +87,3 @@ def backbone_channels(name):
     return {level: p * expansion for level, p in zip(LEVELS, planes)}
 
 
-def build_resnext_classifier(arch, num_classes=1000, weights=None, image_size=None):
-    """Backbone + global average pooling + dense ``fc``: the ImageNet classifier layout.
-
-    Used for parameter-count checks and for weight-conversion parity (pooled logits).
-
-    Args:
-        arch: A backbone name (normally "resnext50_32x4d" / "resnext101_32x8d").
-        num_classes: Classifier outputs.
-        weights: Optional by-name weights file (may hold ``fc`` too).
-        image_size: Static input side or None.
-
-    Returns:
-        keras.Model: images [B,S,S,3] in [0,255] -> logits [B, num_classes] (float32).
-    """
-    if arch == "resnet50":
-        raise ValueError("build_resnext_classifier: use keras.applications.ResNet50 for resnet50")
-    inputs, features, _ = backbone_graph(arch, image_size)
-    pooled = keras.layers.GlobalAveragePooling2D(name="avgpool")(features["C5"])
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="fc")(pooled)
-    model = keras.Model(inputs, logits, name=f"{arch}_classifier")
-    if weights is not None:
-        load_weights_by_name(model, weights)
-    return model

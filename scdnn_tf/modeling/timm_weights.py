@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from scdnn_tf.modeling.backbones import build_resnext_classifier
+from scdnn_tf.modeling.backbone_graph import build_resnext_classifier
 from scdnn_tf.modeling.resnext import RESNEXT_ARCHS
 from scdnn_tf.modeling.weights_by_name import (
     layers_with_variables, load_weights_by_name, save_weights_by_name)
