@@ -26,14 +26,8 @@ def coco_real():
     return COCO_REAL
 
 
-def two_cpu_strategy():
-    """The process's one MirroredStrategy over the two logical CPUs.
-
-    Several MirroredStrategy objects in one process collide in their collective-op
-    instance keys, so every test shares the instance `make_strategy` caches.
-    """
-    from scdnn_tf.run_dir import make_strategy  # noqa: PLC0415
-
-    strategy = make_strategy("mirrored")
-    assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
-    return strategy
+def pytest_collection_modifyitems(items):
+    """Marks the tests that use the real photos `shared_data` (select with -m)."""
+    for item in items:
+        if "coco_real" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)

@@ -5,12 +5,15 @@ import glob
 import io
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.records import build_example
+from scdnn_tf.modeling.weights_by_name import layers_with_variables
+from scdnn_tf.run_dir import make_strategy
 from scdnn_tf.train_config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,3 +98,69 @@ def child_env(**extra):
 def read_log(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+def two_cpu_strategy():
+    """The process's one MirroredStrategy over the two logical CPUs.
+
+    Several MirroredStrategy objects in one process collide in their collective-op
+    instance keys, so every test shares the instance `make_strategy` caches.
+    """
+    strategy = make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
+    return strategy
+
+
+_OBJECT = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+           "<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+           "</bndbox></object>")
+
+
+def write_voc(root, items, year="2007", split="trainval", size=(50, 100)):
+    """Writes VOC<year> with `items` = {image_id: [(name, difficult, x0, y0, x1, y1)]}.
+
+    Images are `size` = (height, width) RGB JPEGs. Returns the VOCdevkit path.
+    """
+    voc = os.path.join(root, "VOCdevkit", f"VOC{year}")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(voc, sub), exist_ok=True)
+    h, w = size
+    for image_id, objects in items.items():
+        Image.new("RGB", (w, h), (120, 30, 60)).save(
+            os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
+        body = "".join(_OBJECT.format(name=n, difficult=d, x0=x0, y0=y0, x1=x1, y1=y1)
+                       for n, d, x0, y0, x1, y1 in objects)
+        with open(os.path.join(voc, "Annotations", f"{image_id}.xml"), "w") as f:
+            f.write(f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
+                    f"<height>{h}</height><depth>3</depth></size>{body}</annotation>")
+    with open(os.path.join(voc, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in items))
+    return os.path.join(root, "VOCdevkit")
+
+
+def randomize_batchnorm(model, seed=0):
+    """Random BatchNorm parameters and statistics (the initial ones are an identity)."""
+    rng = np.random.default_rng(seed)
+    for layer in layers_with_variables(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.0, n), rng.normal(0, 0.1, n),
+                               rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
+
+
+def torch_state_dict(model):
+    """Torch-layout state dict of a Keras model (the inverse of the converter's mapping)."""
+    state = {}
+    for layer in layers_with_variables(model):
+        prefix = layer.name.replace("_", ".")
+        values = [w.numpy() for w in layer.weights]
+        if isinstance(layer, keras.layers.Conv2D):
+            state[f"{prefix}.weight"] = values[0].transpose(3, 2, 0, 1)  # [out, in/g, kh, kw]
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            for key, value in zip(("weight", "bias", "running_mean", "running_var"), values):
+                state[f"{prefix}.{key}"] = value
+            state[f"{prefix}.num_batches_tracked"] = np.array(7, np.int64)
+        else:
+            state[f"{prefix}.weight"], state[f"{prefix}.bias"] = values[0].T, values[1]
+    # safetensors writes an array's raw buffer: it must be C-contiguous like torch's.
+    return {k: np.ascontiguousarray(v) for k, v in state.items()}

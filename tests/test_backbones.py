@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from scdnn_tf.modeling import resnext
-from scdnn_tf.modeling.backbone_graph import ImagePreprocessing
+from scdnn_tf.modeling.backbone_graph import SMALL_ARCH, ImagePreprocessing
 from scdnn_tf.modeling.backbones import (
-    BACKBONE_NAMES, backbone_channels, build_backbone,
+    BACKBONE_NAMES, build_backbone,
     build_resnext_classifier)
 from scdnn_tf.modeling.weights_by_name import save_weights_by_name
 
@@ -31,7 +31,9 @@ def test_output_levels_shapes_and_strides(name):
     model = build_backbone(name)
     out = model(_images(2, 64))
     assert sorted(out) == ["C2", "C3", "C4", "C5"]
-    channels = backbone_channels(name)
+    planes, expansion = ((SMALL_ARCH["planes"], SMALL_ARCH["expansion"]) if name == "small"
+                         else ((64, 128, 256, 512), 4))
+    channels = {level: p * expansion for level, p in zip(sorted(STRIDES), planes)}
     for level, stride in STRIDES.items():
         assert tuple(out[level].shape) == (2, 64 // stride, 64 // stride, channels[level])
         assert np.all(np.isfinite(out[level]))

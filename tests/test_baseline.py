@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import two_cpu_strategy
 
 from scdnn_tf.modeling import losses
 from scdnn_tf.modeling.baseline import BaselineClassifier
+
+from helpers import two_cpu_strategy
 
 NUM_CLASSES = 3
 

@@ -7,6 +7,8 @@ import pytest
 
 from helpers import REPO_ROOT, child_env, tiny_flags, write_tiny_dataset
 
+pytestmark = pytest.mark.spawns
+
 
 def run_cli(module, *args):
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,

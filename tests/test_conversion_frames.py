@@ -22,6 +22,8 @@ from data_tools.inspect_tfrecord import iter_examples
 from scdnn_tf.data.tfrecord_writer import ConversionError
 from scdnn_tf.data.label_map import write_label_map
 
+from helpers import write_voc
+
 
 def _jpeg(w, h, color=(90, 90, 90), exif_orientation=None, block=None):
     """A w x h JPEG; `block` = (x0, y0, x1, y1) painted white; optional EXIF orientation."""
@@ -228,7 +230,6 @@ def test_duplicate_images_written_once(tmp_path):
 
 
 def test_voc_repeated_id_written_once(tmp_path):
-    from test_voc_converter import write_voc  # noqa: PLC0415
     root = write_voc(str(tmp_path), {"000001": [("dog", 0, 1, 1, 10, 10)]})
     with open(os.path.join(root, "VOC2007", "ImageSets", "Main", "trainval.txt"), "a") as f:
         f.write("000001\n")

@@ -7,42 +7,16 @@ import keras
 import numpy as np
 import pytest
 
+from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.timm_weights import (
     convert_checkpoint, load_torch_state_dict, torch_to_keras_arrays)
-from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.weights_by_name import layers_with_variables
+
+from helpers import randomize_batchnorm, torch_state_dict
 
 
 def _safetensors_numpy():
     return pytest.importorskip("safetensors.numpy", reason="pip install 'scdnn_tf[weights]'")
-
-
-def _randomize(model, seed=0):
-    """Random BatchNorm parameters and statistics (the initial ones are an identity)."""
-    rng = np.random.default_rng(seed)
-    for layer in layers_with_variables(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.0, n), rng.normal(0, 0.1, n),
-                               rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
-
-
-def _torch_state_dict(model):
-    """Torch-layout state dict of a Keras model (the inverse of the converter's mapping)."""
-    state = {}
-    for layer in layers_with_variables(model):
-        prefix = layer.name.replace("_", ".")
-        values = [w.numpy() for w in layer.weights]
-        if isinstance(layer, keras.layers.Conv2D):
-            state[f"{prefix}.weight"] = values[0].transpose(3, 2, 0, 1)  # [out, in/g, kh, kw]
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            for key, value in zip(("weight", "bias", "running_mean", "running_var"), values):
-                state[f"{prefix}.{key}"] = value
-            state[f"{prefix}.num_batches_tracked"] = np.array(7, np.int64)
-        else:
-            state[f"{prefix}.weight"], state[f"{prefix}.bias"] = values[0].T, values[1]
-    # safetensors writes an array's raw buffer: it must be C-contiguous like torch's.
-    return {k: np.ascontiguousarray(v) for k, v in state.items()}
 
 
 def _images(size=64):
@@ -51,9 +25,9 @@ def _images(size=64):
 
 def test_mapping_round_trip_on_small_classifier():
     source = build_resnext_classifier("small", num_classes=7)
-    _randomize(source)
+    randomize_batchnorm(source)
     target = build_resnext_classifier("small", num_classes=7)
-    state = {k: v for k, v in _torch_state_dict(source).items()
+    state = {k: v for k, v in torch_state_dict(source).items()
              if not k.endswith("num_batches_tracked")}
     arrays = torch_to_keras_arrays(state, target)
     for layer in layers_with_variables(target):
@@ -64,11 +38,11 @@ def test_mapping_round_trip_on_small_classifier():
 
 def test_missing_and_unused_keys_are_reported():
     model = build_resnext_classifier("small", num_classes=2)
-    state = _torch_state_dict(model)
+    state = torch_state_dict(model)
     state.pop("layer3.0.bn2.running_var")
     with pytest.raises(ValueError, match="'layer3.0.bn2.running_var' missing"):
         torch_to_keras_arrays(state, model, "ckpt")
-    state = _torch_state_dict(model)
+    state = torch_state_dict(model)
     state["layer5.0.conv1.weight"] = np.zeros(3, "float32")
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     with pytest.raises(ValueError, match=r"1 checkpoint keys .*layer5\.0\.conv1\.weight"):
@@ -98,9 +72,9 @@ def test_unknown_arch_lists_valid_and_explains_keras_resnet50(tmp_path):
 def test_convert_resnext50_safetensors_end_to_end(tmp_path):
     safetensors_numpy = _safetensors_numpy()
     source = build_resnext_classifier("resnext50_32x4d", num_classes=10)
-    _randomize(source, seed=1)
+    randomize_batchnorm(source, seed=1)
     checkpoint = str(tmp_path / "model.safetensors")
-    safetensors_numpy.save_file(_torch_state_dict(source), checkpoint)
+    safetensors_numpy.save_file(torch_state_dict(source), checkpoint)
     output = str(tmp_path / "resnext50_32x4d.weights.h5")
     converted = convert_checkpoint(checkpoint, "resnext50_32x4d", output)
     x = _images(32)

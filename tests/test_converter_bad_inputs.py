@@ -14,7 +14,8 @@ from data_tools import coco_to_tfrecord, image_checks, voc_to_tfrecord
 from data_tools.convert_common import BOX_EMPTY, BOX_OUTSIDE
 from data_tools.inspect_tfrecord import iter_examples
 from scdnn_tf.data.tfrecord_writer import ConversionError
-from test_voc_converter import write_voc  # noqa: E402 (tests/ is on sys.path under pytest)
+
+from helpers import write_voc
 
 
 def _encode(mode="RGB", size=(32, 24), fmt="JPEG", color=100):

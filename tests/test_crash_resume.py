@@ -34,6 +34,8 @@ import tensorflow as tf
 
 from helpers import REPO_ROOT, child_env, read_log, tiny_flags, write_tiny_dataset
 
+pytestmark = pytest.mark.spawns
+
 TRAIN_STEPS, CHECKPOINT_EVERY = 30, 5
 TIMEOUT = 300  # seconds for any one wait: a start-up (TF import, tracing) takes ~30 s here
 STEP_LINE = re.compile(r"step (\d+)/%d " % TRAIN_STEPS)

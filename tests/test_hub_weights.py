@@ -19,7 +19,7 @@ from scdnn_tf.modeling import hub_weights
 from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.timm_weights import convert_checkpoint
 from scdnn_tf.modeling.weights_by_name import layers_with_variables
-from test_convert_weights import _randomize, _torch_state_dict
+from helpers import randomize_batchnorm, torch_state_dict
 
 pytest.importorskip("huggingface_hub", reason="pip install 'scdnn_tf[hub]'")
 safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="pip install 'scdnn_tf[hub]'")
@@ -51,8 +51,8 @@ def write_hf_cache(hub_dir, repo_id, payload, commit=COMMIT, revision="main"):
 def checkpoint():
     """(safetensors bytes, state dict): a timm-named resnet50 (torchvision layout), random."""
     source = build_resnext_classifier("resnet50_tv", num_classes=10)
-    _randomize(source, seed=2)
-    state = _torch_state_dict(source)
+    randomize_batchnorm(source, seed=2)
+    state = torch_state_dict(source)
     return safetensors_numpy.save(state), state
 
 
@@ -81,6 +81,7 @@ def _backbone_arrays(model):
 
 
 @pytest.mark.slow
+@pytest.mark.spawns
 def test_offline_hf_cache_gives_the_hand_converted_weights(tmp_path, checkpoint):
     payload, state = checkpoint
     snapshot = write_hf_cache(tmp_path / "hf" / "hub", REPO, payload)
@@ -119,6 +120,7 @@ def test_offline_hf_cache_gives_the_hand_converted_weights(tmp_path, checkpoint)
 
 
 @pytest.mark.slow
+@pytest.mark.spawns
 def test_offline_without_cache_fails_in_one_line_with_the_manual_commands(tmp_path):
     env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1",
            "SCDNN_CACHE": str(tmp_path / "scdnn")}

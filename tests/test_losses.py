@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 import tensorflow as tf
-from conftest import two_cpu_strategy
 
 from scdnn_tf.modeling import losses
+
+from helpers import two_cpu_strategy
 
 
 def test_regression_loss_zero_when_prediction_equals_target():

@@ -49,6 +49,8 @@ from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.data.records import build_example
 from helpers import CLASSES, COLORS, REPO_ROOT, child_env, read_events, read_log, tiny_flags
 
+pytestmark = pytest.mark.spawns
+
 SIZE, PER_SHARD, SHARDS, STEPS, GLOBAL_BATCH, WORKERS = 64, 48, 2, 3, 4, 2
 TIMEOUT = 420  # seconds per training process (start-up ~30 s; 2 cores shared)
 

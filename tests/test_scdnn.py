@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import two_cpu_strategy
 import keras
 
 from scdnn_tf import SCDNN
+
+from helpers import two_cpu_strategy
 
 NUM_CLASSES = 3
 SIZE = 64

@@ -15,7 +15,7 @@ from scdnn_tf import tensorboard_summaries as tbs
 from scdnn_tf.train_config import TrainConfig
 from scdnn_tf.metrics import multilabel_metrics
 from scdnn_tf.training import run_training
-from test_training import CLASSES, tiny_config, write_tiny_dataset
+from helpers import CLASSES, tiny_config, write_tiny_dataset
 
 # 5 images, 2 classes; thresholds 0, .25, .5, .75, 1 (num_thresholds=5).
 LABELS = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], np.float32)

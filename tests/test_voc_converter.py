@@ -1,41 +1,14 @@
 """VOC converter on a small VOCdevkit-layout fixture written by the test."""
 
-import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from data_tools import voc_to_tfrecord
 from data_tools.inspect_tfrecord import iter_examples
 from scdnn_tf.data.label_map import read_label_map
 
-_OBJECT = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
-           "<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
-           "</bndbox></object>")
-
-
-def write_voc(root, items, year="2007", split="trainval", size=(50, 100)):
-    """Writes VOC<year> with `items` = {image_id: [(name, difficult, x0, y0, x1, y1)]}.
-
-    Images are `size` = (height, width) RGB JPEGs. Returns the VOCdevkit path.
-    """
-    voc = os.path.join(root, "VOCdevkit", f"VOC{year}")
-    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
-        os.makedirs(os.path.join(voc, sub), exist_ok=True)
-    h, w = size
-    for image_id, objects in items.items():
-        Image.new("RGB", (w, h), (120, 30, 60)).save(
-            os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
-        body = "".join(_OBJECT.format(name=n, difficult=d, x0=x0, y0=y0, x1=x1, y1=y1)
-                       for n, d, x0, y0, x1, y1 in objects)
-        with open(os.path.join(voc, "Annotations", f"{image_id}.xml"), "w") as f:
-            f.write(f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
-                    f"<height>{h}</height><depth>3</depth></size>{body}</annotation>")
-    with open(os.path.join(voc, "ImageSets", "Main", f"{split}.txt"), "w") as f:
-        f.write("".join(f"{i}\n" for i in items))
-    return os.path.join(root, "VOCdevkit")
-
+from helpers import write_voc
 
 def test_converts_with_difficult_flags(tmp_path):
     root = write_voc(str(tmp_path), {

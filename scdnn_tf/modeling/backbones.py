@@ -20,7 +20,7 @@ import keras
 
 from scdnn_tf.modeling import hub_weights
 from scdnn_tf.modeling.backbone_graph import (  # noqa: F401 (part of this module's API)
-    BACKBONE_NAMES, LEVELS, SMALL_ARCH, check_backbone_name, backbone_graph, build_resnext_classifier)
+    BACKBONE_NAMES, LEVELS, backbone_graph, build_resnext_classifier, check_backbone_name)
 from scdnn_tf.modeling.weights_by_name import load_weights_by_name
 
 def apply_freezing(model, stage_fn, freeze_bn=False, freeze_stages=0):
@@ -75,15 +75,3 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
         load_weights_by_name(model, weights)
     apply_freezing(model, stage_fn, freeze_bn, freeze_stages)
     return model
-
-
-def backbone_channels(name):
-    """Channels of C2..C5 for a backbone name, as a dict (no model is built)."""
-    check_backbone_name(name)
-    if name == "small":
-        planes, expansion = SMALL_ARCH["planes"], SMALL_ARCH["expansion"]
-    else:
-        planes, expansion = (64, 128, 256, 512), 4
-    return {level: p * expansion for level, p in zip(LEVELS, planes)}
-
-

@@ -171,8 +171,3 @@ def to_pixels(boxes, height, width):
     `height` / `width` are scalars (or broadcastable to [...]) ; returns float32.
     """
     return _f32(boxes) * _yxyx_factors(height, width)
-
-
-def to_normalized(boxes, height, width):
-    """Pixel [..., 4] boxes -> normalized coordinates; inverse of `to_pixels`."""
-    return _f32(boxes) / _yxyx_factors(height, width)
