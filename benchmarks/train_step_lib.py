@@ -20,7 +20,7 @@ from scdnn_tf.modeling.scdnn import SCDNN
 # configs/demo.flags for the `small` backbone; SCDNN's (paper) defaults otherwise.
 DEMO_SCDNN = dict(fpn_channels=64, fc_units=256, anchor_sizes=(16, 32, 64, 128),
                   num_patches=16, num_train_patches=32)
-# The lighter option (not DESIGN.md's default): no stride-4 pyramid level, and for the
+# The lighter option (not the default): no stride-4 pyramid level, and for the
 # large backbones a 128-channel pyramid. Anchor sizes: the first three of the default's.
 LIGHT_SCDNN = dict(min_level=3)
 LIGHT_FPN_CHANNELS = 128

@@ -27,7 +27,7 @@ from scdnn_tf.modeling.patch_heads import DensePatchHeads
 
 BRANCHES = ("object", "context", "both")
 MAX_LEVEL = 5
-MIN_LEVELS = (2, 3)  # P2..P5 (DESIGN.md) or P3..P5 (lighter: no stride-4 map)
+MIN_LEVELS = (2, 3)  # P2..P5 (the paper's design) or P3..P5 (lighter: no stride-4 map)
 CROP_BACKENDS = ("tf_image", "gather")
 
 
