@@ -25,9 +25,14 @@ import numpy as np
 from absl import flags
 
 from data_tools import frames, image_checks
-from data_tools.parallel import Progress, ordered_map
-from scdnn_tf.data.tfrecord_writer import ConversionError, ConversionSummary, ShardedWriter
+from data_tools.parallel import ordered_map
 from scdnn_tf.data import label_map, records
+from scdnn_tf.data.tfrecord_writer import (
+    ConversionError,
+    ConversionSummary,
+    ShardedWriter,
+)
+from scdnn_tf.progress import Progress
 
 # Box skip reasons.
 BOX_EMPTY = "box with zero or negative area"
@@ -170,7 +175,7 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
     def arg(task):
         return task.path, task.expected_hw, task.box_units == "normalized"
 
-    with ShardedWriter(output_prefix, num_shards) as writer, Progress(total, desc) as bar:
+    with ShardedWriter(output_prefix, num_shards) as writer, Progress(total, desc, unit="images") as bar:
         for task, (image, frame) in ordered_map(load, tasks, num_workers, arg=arg):
             bar.update()
             if isinstance(image, image_checks.ImageProblem):

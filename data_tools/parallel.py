@@ -1,4 +1,4 @@
-"""Bounded, order-preserving worker pool and a stderr progress line, for the converters.
+"""Bounded, order-preserving worker pool for the converters.
 
 `ordered_map` runs a function over a (possibly huge, lazily generated) iterable in
 several worker processes, keeps at most `max_in_flight` items submitted at any time (so
@@ -16,9 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
-import sys
-import time
-from typing import Callable, Iterable, Iterator, TextIO, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,46 +65,3 @@ def ordered_map(fn: Callable, items: Iterable[T], num_workers: int = 1,
         finally:
             for _, fut in pending:
                 fut.cancel()
-
-
-class Progress:
-    """A single self-updating stderr line: `desc: done/total (rate/s)`.
-
-    On a terminal the line is rewritten in place; otherwise (logs, CI) a full line is
-    printed at most every `interval` seconds so logs stay short. A context manager.
-    """
-
-    def __init__(self, total: int | None, desc: str = "converting",
-                 stream: TextIO | None = None, interval: float = 0.5):
-        self.total = total
-        self.desc = desc
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else max(interval, 10.0)
-        self.done = 0
-        self._start = time.monotonic()
-        self._last = 0.0
-
-    def _line(self) -> str:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        of = f"/{self.total}" if self.total is not None else ""
-        return f"{self.desc}: {self.done}{of} ({self.done / elapsed:.1f}/s)"
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            self.stream.write(("\r" if self.tty else "") + self._line() + ("" if self.tty else "\n"))
-            self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write(("\r" if self.tty else "") + self._line() + "\n")
-        self.stream.flush()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False

@@ -6,9 +6,10 @@ import os
 import pytest
 import tensorflow as tf
 
-from data_tools.parallel import Progress, ordered_map
+from data_tools.parallel import ordered_map
 from scdnn_tf.data.tfrecord_writer import (ConversionError, ConversionSummary, ShardedWriter,
-                                        shard_paths)
+                                           shard_paths)
+from scdnn_tf.progress import Progress
 
 
 def _read(path):
@@ -98,9 +99,17 @@ def test_ordered_map_propagates_worker_errors():
         list(ordered_map(_fail_on_3, range(10), 2))
 
 
-def test_progress_writes_final_line():
-    stream = io.StringIO()
-    with Progress(4, "demo", stream=stream) as bar:
+def test_progress_writes_periodic_and_final_lines_with_rate_and_eta():
+    stream = io.StringIO()  # not a terminal: plain lines
+    with Progress(4, "demo", unit="images", stream=stream, interval=0.0) as bar:
         for _ in range(4):
             bar.update()
-    assert stream.getvalue().splitlines()[-1].startswith("demo: 4/4")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5  # one per update (interval 0) and the final one
+    assert lines[1].startswith("demo:") and "2/4" in lines[1] and "<" in lines[1]  # ETA
+    assert "4/4" in lines[-1] and "images/s" in lines[-1]
+    quiet = io.StringIO()
+    with Progress(4, "demo", stream=quiet, interval=3600) as bar:
+        for _ in range(4):
+            bar.update()
+    assert len(quiet.getvalue().splitlines()) == 1  # only the final line
