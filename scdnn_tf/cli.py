@@ -6,7 +6,8 @@ see them). `run(main)` is `absl.app.run(main)` where an expected user error (a b
 value, a missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one
 line `<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
 SIGINT exits with 143 / 130 after its checkpoint. `--traceback` shows the Python
-traceback of such errors too; unexpected exceptions always show it.
+traceback of such errors too; unexpected exceptions always show it. `--config=NAME` reads
+the packaged flagfile `scdnn_tf/configs/NAME.flags` (demo, coco, voc, ...).
 """
 
 from __future__ import annotations
@@ -16,9 +17,74 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tempfile  # noqa: E402
+
 from absl import app, flags, logging  # noqa: E402
 
+# TensorFlow's C++ start-up notes that TF_CPP_MIN_LOG_LEVEL cannot hide (they are written
+# before its logging is configured).
+_STARTUP_NOISE = ("WARNING: All log messages before absl::InitializeLog() is called",
+                  "oneDNN custom operations are on")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its start-up notes filtered out of stderr (other lines of
+    its stderr pass through). A no-op when TF_CPP_MIN_LOG_LEVEL=0 asks to see them."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf  # noqa: PLC0415
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _STARTUP_NOISE):
+                    sys.stderr.write(line)
+    # TF's Python-side INFO/WARNING notes (strategy devices, saver timings, retracing of
+    # eagerly built grouped convolutions) are not the run's output.
+    tf.get_logger().setLevel("ERROR")
+    # Some TF modules log through absl directly (e.g. the checkpoint saver's timings).
+    logging.get_absl_handler().python_handler.addFilter(_library_info_filter)
+
+
+def _library_info_filter(record) -> bool:
+    """Drops INFO records that TensorFlow / Keras code logs through absl."""
+    library = os.sep + "tensorflow" + os.sep in record.pathname or (
+        os.sep + "keras" + os.sep in record.pathname)
+    return record.levelno >= logging.WARNING or not library
+
+
+import_tensorflow_quietly()
+
 USER_ERROR_EXIT = 2
+
+
+def packaged_configs() -> dict[str, str]:
+    """{name: path} of the flagfiles shipped in the package (`scdnn_tf/configs/*.flags`)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    return {name[:-len(".flags")]: os.path.join(folder, name)
+            for name in sorted(os.listdir(folder)) if name.endswith(".flags")}
+
+
+def expand_config_args(argv: list[str]) -> list[str]:
+    """Replaces `--config=NAME` (or `--config NAME`) by `--flagfile=` the packaged NAME.flags,
+    so an installed package runs its recipes from any folder (`scdnn-train --config=demo`)."""
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg == "--config" or arg.startswith("--config="):
+            name = arg.partition("=")[2] if "=" in arg else next(args, "")
+            configs = packaged_configs()
+            if name not in configs:
+                sys.exit(f"error: --config={name!r}: no such packaged config; one of "
+                         f"{', '.join(configs)} (or pass --flagfile=PATH)")
+            arg = f"--flagfile={configs[name]}"
+        out.append(arg)
+    return out
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -58,4 +124,4 @@ def run(main) -> None:
             sys.stderr.write(f"{prog}: error: {error_message(e)}\n")
             sys.exit(USER_ERROR_EXIT)
 
-    app.run(guarded)
+    app.run(guarded, argv=expand_config_args(sys.argv))
