@@ -2,8 +2,9 @@
 
 Decoding allocates height * width * 3 bytes (GIF: also a byte per pixel per frame for
 its raster), so a size limit must be applied before decoding. These functions read the
-size fields of each format `tf.io.decode_image` accepts, from at most the first 32 bytes
-(JPEG: `tf.io.extract_jpeg_shape`, which walks the markers up to SOF).
+size fields of each format `tf.io.decode_image` accepts, from the first 32 bytes (JPEG:
+`tf.io.extract_jpeg_shape`, which walks the markers up to SOF; GIF: the frames' image
+descriptors, found by walking its blocks).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _HEAD = 32  # header bytes read: enough for every format's size fields
 # header_pixels codes (besides a pixel count >= 0).
 NOT_AN_IMAGE, NO_SIZE = -2, -1
 _MAX_SIDE = 1 << 31  # sides are clamped here before multiplying: no int64 overflow
+_HOPS = 32  # GIF sub-blocks skipped per loop iteration
 
 
 def _header_bytes(encoded: tf.Tensor) -> tf.Tensor:
@@ -51,12 +53,64 @@ def _webp_pixels(h: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
     ], default=lambda: tf.constant(NO_SIZE, tf.int64))
 
 
+def _gif_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """Pixels a GIF costs TF's decoder: max(canvas, sum of frame areas).
+
+    TF's GIF decoder reads every frame (a byte per pixel each) and sizes its output by
+    the largest frame, not by the logical screen, so a small screen with a huge frame
+    must be caught from the frames' image descriptors. The block structure is walked
+    (extensions and image data are chains of sub-blocks, each led by its size byte);
+    a file that ends early or holds an unknown block stops the walk (the decoder fails
+    there too).
+    """
+    b = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+    n = tf.size(b, out_type=tf.int64)
+
+    def at(i):
+        return tf.gather(b, tf.minimum(tf.cast(i, tf.int64), n - 1))
+
+    def le16(i):
+        return at(i) + 256 * at(i + 1)
+
+    def table(packed):  # colour table bytes following a block whose flags are `packed`
+        return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(
+            tf.constant(2, tf.int64), packed % 8), 0)
+
+    def step(pos, in_blocks, width, height, total):
+        # Sub-block hops unrolled: a while_loop iteration costs far more than these ops.
+        for _ in range(_HOPS):
+            size = at(pos)
+            hop = tf.logical_and(in_blocks, tf.logical_and(size > 0, pos < n))
+            pos = tf.where(hop, pos + 1 + size, pos)
+        kind = at(pos)
+        descriptor = tf.logical_and(tf.logical_not(in_blocks), tf.equal(kind, 0x2C))
+        w, h = le16(pos + 5), le16(pos + 7)
+        after_image = pos + 10 + table(at(pos + 9)) + 1  # + LZW minimum code size byte
+        next_pos = tf.where(in_blocks, pos + 1 + kind,  # sub-block (0: end of chain)
+                            tf.where(descriptor, after_image, pos + 2))  # or extension
+        return (next_pos, tf.logical_not(tf.logical_and(in_blocks, tf.equal(kind, 0))),
+                tf.where(descriptor, tf.maximum(width, w), width),
+                tf.where(descriptor, tf.maximum(height, h), height),
+                tf.where(descriptor, total + w * h, total))
+
+    def more(pos, in_blocks, *_):
+        kind = at(pos)
+        block = tf.logical_or(tf.equal(kind, 0x2C), tf.equal(kind, 0x21))
+        return tf.logical_and(pos < n, tf.logical_or(in_blocks, block))
+
+    zero = tf.constant(0, tf.int64)
+    screen = le16(6) * le16(8)
+    _, _, width, height, total = tf.while_loop(
+        more, step, (13 + table(at(10)), tf.constant(False), zero, zero, zero))
+    return tf.maximum(tf.maximum(screen, width * height), total)
+
+
 def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
     """height * width declared by an image file's header, without decoding (int64 scalar).
 
     JPEG: `tf.io.extract_jpeg_shape` (the SOF marker; raises InvalidArgumentError on
-    damaged markers). PNG: IHDR (big-endian uint32 at 16, 20). GIF: the logical screen
-    (little-endian uint16 at 6, 8), the canvas TF decodes to. BMP: little-endian int32 at
+    damaged markers). PNG: IHDR (big-endian uint32 at 16, 20). GIF: the logical screen and
+    every frame's image descriptor (`_gif_pixels`). BMP: little-endian int32 at
     18, 22 (the sign of the height is the row order). WebP: the VP8/VP8L/VP8X chunk.
 
     Returns:
@@ -80,7 +134,7 @@ def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
         (_starts_with(h, b"\x89PNG\r\n\x1a\n") & need(24),
          lambda: _area(_uint(h, 16, 4, True), _uint(h, 20, 4, True))),
         ((_starts_with(h, b"GIF87a") | _starts_with(h, b"GIF89a")) & need(10),
-         lambda: _area(_uint(h, 6, 2), _uint(h, 8, 2))),
+         lambda: _gif_pixels(encoded)),
         (_starts_with(h, b"BM") & need(26), bmp),
         (_starts_with(h, b"RIFF") & _starts_with(h, b"WEBP", 8), lambda: _webp_pixels(h, length)),
         (_starts_with(h, b"\x89PNG") | _starts_with(h, b"GIF8") | _starts_with(h, b"BM"),

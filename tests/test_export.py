@@ -91,6 +91,13 @@ def test_header_pixels_reads_every_accepted_format(fmt, kwargs):
     assert int(header_pixels(rgba_webp(7, 5))) == 35  # extended (VP8X) header
 
 
+def test_header_pixels_counts_every_gif_frame():
+    frames = [Image.fromarray(random_image(30, 40, seed=i)).convert("P") for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert int(header_pixels(buf.getvalue())) == 3 * 30 * 40
+
+
 @pytest.mark.parametrize("payload, expected", [
     (b"\x89PNG\r\n\x1a\n", NO_SIZE),  # too short for an IHDR
     (b"GIF89a\x01", NO_SIZE), (b"BM\x00", NO_SIZE), (b"RIFF\0\0\0\0WEBPVP8Z", NO_SIZE),
@@ -104,6 +111,13 @@ def huge_headers():
     """Tiny payloads whose headers declare far more than 50 MP (built by hand)."""
     le16, le32 = (lambda v: v.to_bytes(2, "little")), (lambda v: v.to_bytes(4, "little"))
     gif = b"GIF89a" + le16(20000) + le16(20000) + b"\x00\x00\x00" + b"\x3b"
+    # A 10x10 screen with a colour table, an extension, a tiny frame, then a frame
+    # declaring 20000x20000: TF's decoder sizes its output by the largest frame.
+    frame = (lambda w, h: b"\x2c" + le16(0) * 2 + le16(w) + le16(h) + b"\x00"
+             + b"\x02\x02\x4c\x01\x00")
+    gif_frames = (b"GIF89a" + le16(10) + le16(10) + b"\x80\x00\x00" + b"\0" * 6
+                  + b"\x21\xf9\x04\x00\x00\x00\x00\x00" + frame(2, 2) + frame(20000, 20000)
+                  + b"\x3b")
     bmp = (b"BM" + le32(0) + le32(0) + le32(54) + le32(40) + le32(16000) + le32(16000)
            + le16(1) + le16(24) + b"\0" * 24)
     bmp_top_down = bmp[:22] + (2**32 - 16000).to_bytes(4, "little") + bmp[26:]
@@ -113,7 +127,7 @@ def huge_headers():
     webp_lossless = b"RIFF" + le32(30) + b"WEBPVP8L" + le32(5) + b"\x2f" + le32(bits)
     webp_extended = (b"RIFF" + le32(30) + b"WEBPVP8X" + le32(10) + b"\0" * 4
                      + (16383).to_bytes(3, "little") * 2)
-    return {"gif": (gif, 400_000_000), "bmp": (bmp, 256_000_000),
+    return {"gif": (gif, 400_000_000), "gif_frames": (gif_frames, 400_000_004), "bmp": (bmp, 256_000_000),
             "bmp_top_down": (bmp_top_down, 256_000_000), "webp": (webp, 16383**2),
             "webp_lossless": (webp_lossless, 16383**2), "webp_extended": (webp_extended, 16384**2)}
 
