@@ -3,8 +3,8 @@
 Decoding allocates height * width * 3 bytes (GIF: also a byte per pixel per frame for
 its raster), so a size limit must be applied before decoding. These functions read the
 size fields of each format `tf.io.decode_image` accepts, from the first 32 bytes (JPEG:
-`tf.io.extract_jpeg_shape`, which walks the markers up to SOF; GIF: the frames' image
-descriptors, found by walking its blocks).
+the segments up to the SOF marker; GIF: the frames' image descriptors, found by walking
+its blocks). They never raise: an unreadable header gives `NO_SIZE`.
 """
 
 from __future__ import annotations
@@ -63,11 +63,7 @@ def _gif_pixels(encoded: tf.Tensor) -> tf.Tensor:
     a file that ends early or holds an unknown block stops the walk (the decoder fails
     there too).
     """
-    b = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
-    n = tf.size(b, out_type=tf.int64)
-
-    def at(i):
-        return tf.gather(b, tf.minimum(tf.cast(i, tf.int64), n - 1))
+    at, n = _bytes_reader(encoded)
 
     def le16(i):
         return at(i) + 256 * at(i + 1)
@@ -105,11 +101,54 @@ def _gif_pixels(encoded: tf.Tensor) -> tf.Tensor:
     return tf.maximum(tf.maximum(screen, width * height), total)
 
 
+def _bytes_reader(encoded: tf.Tensor):
+    """(at(i) -> int64 byte, clamped to the last one; length n) over the whole file."""
+    b = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+    n = tf.size(b, out_type=tf.int64)
+
+    def at(i):
+        return tf.gather(b, tf.clip_by_value(tf.cast(i, tf.int64), 0, n - 1))
+
+    return at, n
+
+
+def _jpeg_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """height * width from the first SOF marker, found by walking the JPEG segments.
+
+    The same frame header libjpeg (and `tf.io.extract_jpeg_shape`) reads, but a damaged
+    or truncated marker chain gives `NO_SIZE` instead of raising an error that names no
+    batch element.
+    """
+    at, n = _bytes_reader(encoded)
+
+    def be16(i):
+        return 256 * at(i) + at(i + 1)
+
+    def is_sof(marker):  # C0..CF except DHT (C4), JPG (C8), DAC (CC)
+        return (marker >= 0xC0) & (marker <= 0xCF) & tf.not_equal(marker, 0xC4) & \
+            tf.not_equal(marker, 0xC8) & tf.not_equal(marker, 0xCC)
+
+    def more(pos, _):
+        marker = at(pos + 1)
+        return (pos + 3 < n) & tf.equal(at(pos), 0xFF) & tf.logical_not(is_sof(marker)) & \
+            tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9)
+
+    def step(pos, _):
+        marker = at(pos + 1)
+        standalone = tf.equal(marker, 0xFF) | tf.equal(marker, 0x01) | (
+            (marker >= 0xD0) & (marker <= 0xD8))
+        return tf.where(tf.equal(marker, 0xFF), pos + 1,  # fill byte
+                        tf.where(standalone, pos + 2, pos + 2 + be16(pos + 2))), marker
+
+    pos, _ = tf.while_loop(more, step, (tf.constant(2, tf.int64), tf.constant(0, tf.int64)))
+    found = (pos + 8 < n) & tf.equal(at(pos), 0xFF) & is_sof(at(pos + 1))
+    return tf.where(found, be16(pos + 5) * be16(pos + 7), NO_SIZE)
+
+
 def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
     """height * width declared by an image file's header, without decoding (int64 scalar).
 
-    JPEG: `tf.io.extract_jpeg_shape` (the SOF marker; raises InvalidArgumentError on
-    damaged markers). PNG: IHDR (big-endian uint32 at 16, 20). GIF: the logical screen and
+    JPEG: the first SOF marker (`_jpeg_pixels`). PNG: IHDR (big-endian uint32 at 16, 20). GIF: the logical screen and
     every frame's image descriptor (`_gif_pixels`). BMP: little-endian int32 at
     18, 22 (the sign of the height is the row order). WebP: the VP8/VP8L/VP8X chunk.
 
@@ -129,8 +168,7 @@ def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
         return length >= size
 
     return tf.case([
-        (_starts_with(h, b"\xff\xd8\xff"), lambda: tf.reduce_prod(
-            tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))),
+        (_starts_with(h, b"\xff\xd8\xff"), lambda: _jpeg_pixels(encoded)),
         (_starts_with(h, b"\x89PNG\r\n\x1a\n") & need(24),
          lambda: _area(_uint(h, 16, 4, True), _uint(h, 20, 4, True))),
         ((_starts_with(h, b"GIF87a") | _starts_with(h, b"GIF89a")) & need(10),

@@ -43,6 +43,18 @@ PATCH_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
 _FORMATS = "a JPEG/PNG/GIF/BMP/WebP image"
 
 
+def _plain_options() -> tf.data.Options:
+    # A fresh iterator per request: tf.data's graph rewrites and autotuning would cost
+    # more than the work (seconds, versus milliseconds without them).
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
+
+
+_PLAIN = _plain_options()
+
+
 def map_naming_failures(fn, elements, contexts: tf.Tensor, problem: str, output_spec):
     """`fn` on each element, in order; a failing element fails the call naming it.
 
@@ -64,10 +76,10 @@ def map_naming_failures(fn, elements, contexts: tf.Tensor, problem: str, output_
     """
     n = tf.shape(contexts, out_type=tf.int64)[0]
     dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), elements))
-               .map(lambda i, x: (i, fn(x)), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
+               .map(lambda i, x: (i, fn(x)))
                .ignore_errors()
-               .batch(tf.maximum(n, 1)))
+               .batch(tf.maximum(n, 1))
+               .with_options(_PLAIN))
     shape = [None] + output_spec.shape.as_list()
     empty = (tf.zeros([0], tf.int64), tf.zeros([0] + [d or 0 for d in shape[1:]],
                                                 output_spec.dtype))
@@ -104,10 +116,7 @@ def check_encoded(encoded: tf.Tensor, contexts: tf.Tensor, max_pixels: int) -> l
     length = tf.strings.length(encoded)
     not_empty = _assert_none(tf.equal(length, 0), contexts, ["is empty (0 bytes), not an image"])
     with tf.control_dependencies([not_empty]):
-        pixels = map_naming_failures(
-            header_pixels, encoded, contexts,
-            "is damaged or truncated: its JPEG header cannot be read",
-            tf.TensorSpec([], tf.int64))
+        pixels = tf.map_fn(header_pixels, encoded, fn_output_signature=tf.int64)
     first_bytes = tf.strings.substr(encoded, 0, 8)  # pos 0: valid for any length
     known = _assert_none(tf.equal(pixels, NOT_AN_IMAGE), contexts,
                          [f"is not {_FORMATS}: length", length, "first bytes", first_bytes])

@@ -37,6 +37,12 @@ def models(tmp_path_factory):
     return model, path
 
 
+@pytest.fixture(scope="module")
+def loaded(models):
+    """The exported model loaded once (loading costs seconds)."""
+    return Predictor.from_saved_model(models[1])
+
+
 @pytest.fixture
 def folder(tmp_path):
     """5 good PNGs (one in a subfolder), a text file named .jpg, an empty .png."""
@@ -158,8 +164,7 @@ def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
             assert abs(got[name] - expected[c]) < 1e-5
 
 
-def test_errors_say_what_is_wrong_never_a_tf_node(models, tmp_path):
-    _, path = models
+def test_errors_say_what_is_wrong_never_a_tf_node(loaded, tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
         buf, "JPEG", quality=95)
@@ -170,8 +175,8 @@ def test_errors_say_what_is_wrong_never_a_tf_node(models, tmp_path):
         (tmp_path / name).write_bytes(data)
     write_png(tmp_path / "good.png", 1)
     paths = sorted(str(p) for p in tmp_path.iterdir())
-    results, failures = predict_files(Predictor.from_saved_model(path), paths, batch_size=3,
-                                      out=io.StringIO(), progress=None)
+    results, failures = predict_files(loaded, paths, batch_size=3, out=io.StringIO(),
+                                      progress=None)
     assert [os.path.basename(r.path) for r in results] == ["good.png"]
     failed = {os.path.basename(p): e for p, e in failures}
     assert failed["cut.jpg"].startswith("could not be decoded")
@@ -184,8 +189,9 @@ def test_errors_say_what_is_wrong_never_a_tf_node(models, tmp_path):
             assert noise not in error, error
 
 
-def test_exit_code_counts_failures(models, folder):
+def test_exit_code_counts_failures(models, loaded, folder, monkeypatch):
     _, path = models
+    monkeypatch.setattr(Predictor, "from_saved_model", lambda p: loaded if p == path else None)
     progress = io.StringIO()
     good = [str(folder / "img0.png"), str(folder / "img1.png")]
     assert run(good, saved_model=path, out=io.StringIO(), progress=progress) == 0
