@@ -126,8 +126,8 @@ def check_encoded(encoded: tf.Tensor, contexts: tf.Tensor, max_pixels: int) -> l
             "bytes)"])
     with tf.control_dependencies([sized]):
         small = _assert_none(pixels > max_pixels, contexts, [
-            "image header declares", pixels, f"pixels (height * width), above the limit of "
-            f"{max_pixels} (export --max_image_pixels)"])
+            "image header declares", pixels, (f"pixels (height * width), above the limit of "
+                                              f"{max_pixels} (export --max_image_pixels)")])
     return [not_empty, known, sized, small]
 
 
