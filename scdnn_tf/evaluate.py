@@ -54,9 +54,16 @@ def _pad_batch(batch: dict, global_batch_size: int) -> dict:
     return out
 
 
-def _scores(outputs: dict) -> tf.Tensor:
-    # Mixed precision logits are float16: the sigmoid and the metrics run in float32.
-    return tf.sigmoid(tf.cast(outputs["logits"], tf.float32))
+def _logits(outputs: dict) -> tf.Tensor:
+    # Mixed precision logits are float16: the metrics take float32 (as float64 on the host).
+    return tf.cast(outputs["logits"], tf.float32)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 sigmoid computed in float64 without overflow (exp of -|x| only)."""
+    x = logits.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
 
 class Predictor:
@@ -76,13 +83,14 @@ class Predictor:
 
     def _outputs(self, images):
         outputs = self.model(images, training=False)
-        out = {"scores": _scores(outputs)}
+        out = {"scores": tf.sigmoid(_logits(outputs))}
         out.update({k: tf.cast(outputs[k], tf.float32) for k in _OUTPUT_KEYS if k in outputs})
         return out
 
     def _distributed_step(self, batch):
         def replica_fn(b):
-            return {"scores": self._outputs(b["image"])["scores"], "labels": b["labels"],
+            return {"logits": _logits(self.model(b["image"], training=False)),
+                    "labels": b["labels"],
                     "label_weights": b["label_weights"], "valid": b["valid"]}
         per_replica = self.strategy.run(replica_fn, args=(batch,))
         # gather: all replicas (and all workers under multi_worker_mirrored), in order.
@@ -92,18 +100,21 @@ class Predictor:
         """Scores a finite dataset of pipeline batches (batch size <= global_batch_size).
 
         Returns:
-          numpy dict over all images, in dataset order: `scores` [N,C] (sigmoid of the
-          logits), `labels` [N,C], `label_weights` [N,C].
+          numpy dict over all images, in dataset order: `logits` [N,C] float32 (what
+          the metrics rank: no ties from a saturated sigmoid), `scores` [N,C] (their
+          sigmoid, for display), `labels` [N,C], `label_weights` [N,C].
         """
         padded = dataset.map(lambda b: _pad_batch(b, self.global_batch_size))
-        parts = {"scores": [], "labels": [], "label_weights": []}
+        parts = {"logits": [], "labels": [], "label_weights": []}
         for batch in self.strategy.experimental_distribute_dataset(padded):
             result = {k: v.numpy() for k, v in self._step(batch).items()}
             for key in parts:
                 parts[key].append(result[key][result["valid"].astype(bool)])
-        if not parts["scores"]:
+        if not parts["logits"]:
             raise ValueError("the evaluation dataset is empty")
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out["scores"] = _sigmoid(out["logits"])
+        return out
 
     def sample_outputs(self, dataset: tf.data.Dataset, num_images: int) -> dict[str, np.ndarray]:
         """Outputs for the first `num_images` images of a dataset (for drawing).
@@ -119,9 +130,10 @@ class Predictor:
 
 
 def compute_metrics(predictions: dict, threshold: float = 0.5) -> dict:
-    """`multilabel_metrics` on `predict_dataset` output."""
-    return metrics_lib.multilabel_metrics(predictions["labels"], predictions["scores"],
-                                          threshold, predictions["label_weights"])
+    """`multilabel_metrics` on `predict_dataset` output, ranked by the logits."""
+    return metrics_lib.multilabel_metrics(predictions["labels"], predictions["logits"],
+                                          threshold, predictions["label_weights"],
+                                          from_logits=True)
 
 
 def metrics_to_json(metrics: dict, class_names) -> dict:
@@ -138,7 +150,8 @@ def metrics_to_json(metrics: dict, class_names) -> dict:
 def write_thresholds(path: str, predictions: dict, class_names) -> np.ndarray:
     """Writes per-class F1-maximizing thresholds as json {"classes", "thresholds"}."""
     thresholds = metrics_lib.per_class_best_thresholds(
-        predictions["labels"], predictions["scores"], predictions["label_weights"])
+        predictions["labels"], predictions["logits"], predictions["label_weights"],
+        from_logits=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"classes": list(class_names), "thresholds": [float(t) for t in thresholds]},

@@ -10,22 +10,28 @@ Conventions (see README, "Evaluation metrics", for the full text):
     the model does not know which entries are difficult.
   * A label is predicted when score >= threshold (ML-GCN's `scores >= 0` on logits).
     A class with no predictions has precision 0 (ML-GCN sets Np=0 to 1).
+  * `from_logits=True`: y_score are logits. Ranking (AP, top-3) uses them directly, since a
+    float32 sigmoid saturates to exactly 1.0 above ~16.6 and would tie confident scores;
+    probability thresholds t are applied exactly as `logit >= logit_threshold(t)`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from scdnn_tf.thresholds import logit_threshold, probability_at_most
+
 TOP_K = 3
 _SUMMARY_KEYS = ("mAP", "CP", "CR", "CF1", "CF1_mean", "OP", "OR", "OF1")
 
 
-def _validate(y_true, y_score, weights=None):
+def _validate(y_true, y_score, weights=None, from_logits=False):
     """Checks and converts inputs.
 
     Args:
       y_true: [N, C] 0/1 labels (bool, int or float).
-      y_score: [N, C] probabilities in [0, 1] (after the sigmoid).
+      y_score: [N, C] probabilities in [0, 1] (after the sigmoid), or finite logits when
+        `from_logits`.
       weights: [N, C] 0/1 or None (all ones).
 
     Returns:
@@ -49,8 +55,8 @@ def _validate(y_true, y_score, weights=None):
         n, c = np.argwhere(bad)[0]
         raise ValueError(f"y_score has {int(bad.sum())} non-finite values (first at image {n}, "
                          f"class {c}: {y_score[n, c]}); {shapes}")
-    if y_score.size and (y_score.min() < 0 or y_score.max() > 1):
-        raise ValueError(f"y_score must be probabilities in [0, 1] (apply the sigmoid to logits); "
+    if not from_logits and y_score.size and (y_score.min() < 0 or y_score.max() > 1):
+        raise ValueError(f"y_score must be probabilities in [0, 1] (apply the sigmoid, or pass from_logits=True); "
                          f"got range [{y_score.min()}, {y_score.max()}]; {shapes}")
     for name, arr in (("y_true", y_true), ("weights", weights)):
         if arr is not None and not np.isin(arr, (0, 1)).all():
@@ -87,18 +93,20 @@ def _class_curves(y_true, y_score, mask):
         yield c, thresholds, tp, fp, (tp[-1] if len(tp) else 0.0)
 
 
-def average_precision_per_class(y_true, y_score, weights=None) -> np.ndarray:
+def average_precision_per_class(y_true, y_score, weights=None,
+                                from_logits: bool = False) -> np.ndarray:
     """Non-interpolated AP per class, = sklearn average_precision_score per column.
 
     AP = sum_t (R_t - R_{t-1}) * P_t over distinct score thresholds t (highest first).
 
     Args:
-      y_true: [N, C] 0/1. y_score: [N, C] probabilities. weights: [N, C] 0/1 or None.
+      y_true: [N, C] 0/1. y_score: [N, C] probabilities (logits if `from_logits`).
+      weights: [N, C] 0/1 or None.
 
     Returns:
       float64 [C], NaN for classes without a positive among weighted entries.
     """
-    return _average_precision(*_validate(y_true, y_score, weights))
+    return _average_precision(*_validate(y_true, y_score, weights, from_logits))
 
 
 def _average_precision(y_true, y_score, mask):
@@ -148,15 +156,19 @@ def _count_metrics(pred, y_true, mask, evaluated):
     return {k: float(v) for k, v in out.items()}, precision, recall, f1
 
 
-def multilabel_metrics(y_true, y_score, threshold=0.5, weights=None) -> dict:
+def multilabel_metrics(y_true, y_score, threshold=0.5, weights=None,
+                       from_logits: bool = False) -> dict:
     """All multi-label metrics in one pass.
 
     Args:
       y_true: [N, C] 0/1 ground truth.
-      y_score: [N, C] probabilities in [0, 1] (sigmoid of the logits).
-      threshold: scalar, or [C] per-class thresholds (e.g. `per_class_best_thresholds`).
-        A label is predicted when score >= threshold.
+      y_score: [N, C] probabilities in [0, 1] (sigmoid of the logits), or the logits
+        themselves with `from_logits=True` (ranked without saturation).
+      threshold: scalar, or [C] per-class probability thresholds (e.g.
+        `per_class_best_thresholds`). A label is predicted when sigmoid(logit) >= threshold,
+        decided exactly (`logit_threshold`) with `from_logits`.
       weights: [N, C] 0/1 or None; entries with 0 are left out of AP and all counts.
+      from_logits: y_score holds logits.
 
     Returns:
       dict of floats in [0, 1]: mAP, CP, CR, CF1 (F1 of CP and CR, ML-GCN/C-Tran),
@@ -170,12 +182,14 @@ def multilabel_metrics(y_true, y_score, threshold=0.5, weights=None) -> dict:
       ValueError: bad inputs (see `_validate`), a threshold of the wrong shape or
         range, or no class with a positive among weighted entries.
     """
-    y_true, y_score, mask = _validate(y_true, y_score, weights)
+    y_true, y_score, mask = _validate(y_true, y_score, weights, from_logits)
     num_classes = y_true.shape[1]
     threshold = np.asarray(threshold, np.float64)
     if threshold.shape not in ((), (num_classes,)) or not np.all((threshold >= 0) & (threshold <= 1)):
         raise ValueError(f"threshold must be a scalar or [{num_classes}] in [0, 1], got shape "
                          f"{threshold.shape}, values {np.ravel(threshold)[:5].tolist()}")
+    if from_logits:
+        threshold = logit_threshold(threshold)
     evaluated = np.any(y_true & mask, axis=0)
     if not evaluated.any():
         raise ValueError(f"no class has a positive label among weighted entries "
@@ -193,15 +207,20 @@ def multilabel_metrics(y_true, y_score, threshold=0.5, weights=None) -> dict:
     return out
 
 
-def per_class_best_thresholds(y_true, y_score, weights=None, default=0.5) -> np.ndarray:
-    """Per-class threshold maximizing that class's F1 on the given split.
+def per_class_best_thresholds(y_true, y_score, weights=None, default=0.5,
+                              from_logits: bool = False) -> np.ndarray:
+    """Per-class probability threshold maximizing that class's F1 on the given split.
 
     Candidates are the distinct scores of the class's weighted entries (F1 only changes
     there); the returned value t is a score, so `score >= t` reproduces the best F1. When
-    several thresholds give the same best F1 the highest (fewest predictions) wins.
+    several thresholds give the same best F1 the highest (fewest predictions) wins. With
+    `from_logits` the best logit x becomes `probability_at_most(x)`, so the exact rule
+    `sigmoid(logit) >= t` reproduces it (up to float64's resolution of probabilities
+    near 1, i.e. logits above ~25 closer together than 1e-16 / sigmoid').
 
     Args:
-      y_true: [N, C] 0/1. y_score: [N, C] probabilities. weights: [N, C] 0/1 or None.
+      y_true: [N, C] 0/1. y_score: [N, C] probabilities (logits if `from_logits`).
+      weights: [N, C] 0/1 or None.
       default: threshold for classes without a positive (F1 is 0 for every threshold, so
         the split carries no evidence; keep the global default rather than silence the
         class with 1.0).
@@ -209,11 +228,13 @@ def per_class_best_thresholds(y_true, y_score, weights=None, default=0.5) -> np.
     Returns:
       float64 [C] thresholds in [0, 1].
     """
-    y_true, y_score, mask = _validate(y_true, y_score, weights)
+    y_true, y_score, mask = _validate(y_true, y_score, weights, from_logits)
     best = np.full(y_true.shape[1], float(default))
     for c, thresholds, tp, fp, num_pos in _class_curves(y_true, y_score, mask):
         if num_pos > 0:
             best[c] = thresholds[np.argmax(2 * tp / (tp + fp + num_pos))]
+            if from_logits:
+                best[c] = probability_at_most(best[c])
     return best
 
 
@@ -256,11 +277,15 @@ def format_metrics_table(metrics: dict, class_names, sort_by_ap: bool = False) -
 class MultilabelAccumulator:
     """Collects batches and computes `multilabel_metrics` over the whole set.
 
+    Args:
+      from_logits: batches hold logits (see `multilabel_metrics`).
+
     AP needs every score of a class at once, so batches are stored (float64 scores:
     40,504 COCO val images x 80 classes = 26 MB) and concatenated in `result`.
     """
 
-    def __init__(self):
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = from_logits
         self.reset()
 
     def reset(self) -> None:
@@ -273,7 +298,7 @@ class MultilabelAccumulator:
 
     def update(self, y_true, y_score, weights=None) -> None:
         """Adds one batch: y_true, y_score, weights [B, C] as in `multilabel_metrics`."""
-        y_true, y_score, mask = _validate(y_true, y_score, weights)
+        y_true, y_score, mask = _validate(y_true, y_score, weights, self.from_logits)
         if self._true and y_true.shape[1] != self._true[0].shape[1]:
             raise ValueError(f"batch has {y_true.shape[1]} classes (shape {y_true.shape}), "
                              f"earlier batches had {self._true[0].shape[1]}")
@@ -286,4 +311,4 @@ class MultilabelAccumulator:
         if not self._true:
             raise ValueError("MultilabelAccumulator.result() called before any update()")
         return multilabel_metrics(np.concatenate(self._true), np.concatenate(self._score),
-                                  threshold, np.concatenate(self._mask))
+                                  threshold, np.concatenate(self._mask), self.from_logits)

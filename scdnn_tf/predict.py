@@ -9,8 +9,11 @@ one JSON object per line instead; `--draw=OUTDIR` writes each image with its tig
 
 Files are read by a tf.data pipeline (prefetched while the model runs) and scored in
 batches of `--batch_size`; a progress line goes to stderr. A file that cannot be read or
-is not an image is reported (the batch holding it is rescored image by image) and the
-rest go on; the counts are printed at the end.
+is not an image is reported with what is wrong with it (the batch holding it is
+rescored image by image) and the rest go on; the counts are printed at the end, and the
+exit code is 1 when any file failed. A photo with an EXIF orientation (phones store
+pixels unrotated plus a tag) is scored upright, as it is displayed: the orientation is
+applied before scoring, with Pillow's `ImageOps.exif_transpose` semantics.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dataclasses
+import io
 import json
+import re
 import sys
 import tempfile
 import time
@@ -112,13 +117,85 @@ def make_dataset(paths: list[str], batch_size: int) -> tf.data.Dataset:
             .batch(batch_size).prefetch(2))
 
 
+# TF's decorations of an op error: graph node and function names, op names.
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\]")
+
+
 def _short_error(error: tf.errors.OpError) -> str:
-    """The first informative line of a TF error ("assertion failed: [...]" for ours)."""
-    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("assertion failed") or "image" in line.lower():
-            return line
-    return lines[-1] if lines else type(error).__name__
+    """What is wrong with one file, from a serving signature's error.
+
+    The signature's assertions read "[input 0] [is empty (0 bytes), not an image]": the
+    bracketed parts without the batch index (predict names the file). Other errors:
+    their first line without TF's node and function names.
+    """
+    text = error.message
+    asserted = re.search(r"assertion failed: (.*)", text)
+    if asserted:
+        parts = re.findall(r"\[([^\[\]]*)\]", _TF_NOISE.sub("", asserted.group(1)))
+        if parts and re.fullmatch(r"input \d+", parts[0]):
+            parts = parts[1:]
+        return " ".join(p.strip() for p in parts if p.strip())
+    lines = [_TF_NOISE.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Detected at node",
+                                                                     "Graph execution"))]
+    return lines[0] if lines else type(error).__name__
+
+
+# EXIF orientation (tag 0x0112) -> numpy steps giving the displayed image from the stored
+# [H, W, 3] pixels, as Pillow's ImageOps.exif_transpose (FLIP_LEFT_RIGHT, ROTATE_180,
+# FLIP_TOP_BOTTOM, TRANSPOSE, ROTATE_270, TRANSVERSE, ROTATE_90).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(encoded: bytes) -> int:
+    """The EXIF orientation (1..8) of image bytes; 1 when absent or unreadable.
+
+    Reads the header only (Pillow opens lazily).
+    """
+    import warnings  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huge images: refused later by the model
+            with Image.open(io.BytesIO(encoded)) as image:
+                orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 (not an image, damaged EXIF: scored as stored)
+        return 1
+    return orientation if orientation in _ORIENTATIONS else 1
+
+
+def upright(encoded: bytes) -> bytes:
+    """Image bytes with their EXIF orientation applied (PNG), or unchanged.
+
+    Decoded by the serving code's own `decode_image`, so the pixels are those the
+    model would see, only turned; re-encoded as PNG, which is lossless. Bytes that do
+    not decode are returned unchanged (the model then reports what is wrong).
+    """
+    orientation = exif_orientation(encoded)
+    if orientation == 1:
+        return encoded
+    from scdnn_tf.data.preprocess import decode_image  # noqa: PLC0415
+    from scdnn_tf.image_headers import header_pixels  # noqa: PLC0415
+    from scdnn_tf.serving import DEFAULT_MAX_PIXELS  # noqa: PLC0415
+
+    try:
+        if not 0 <= int(header_pixels(encoded)) <= DEFAULT_MAX_PIXELS:
+            return encoded  # refused by the model from its header, never decoded here
+        pixels = decode_image(encoded).numpy()
+    except tf.errors.OpError:
+        return encoded
+    turned = np.ascontiguousarray(_ORIENTATIONS[orientation](pixels))
+    return tf.io.encode_png(turned).numpy()
 
 
 @dataclasses.dataclass
@@ -152,10 +229,21 @@ def make_result(path: str, outputs: dict, i: int, predictor: Predictor) -> Resul
 
 
 class _Drawer:
-    """Writes OUTDIR/<file stem>.png (a numeric suffix when two inputs share a stem)."""
+    """Writes OUTDIR/<file stem>.png (a numeric suffix when two inputs share a stem).
+
+    Raises:
+      ValueError: OUTDIR cannot be created or written (checked by writing a file, at
+        start, not after the first batch).
+    """
 
     def __init__(self, out_dir: str):
-        os.makedirs(out_dir, exist_ok=True)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as e:
+            raise ValueError(f"--draw={out_dir}: cannot write images there: "
+                             f"{e.strerror or e}") from e
         self.out_dir, self.used = out_dir, set()
 
     def __call__(self, encoded: bytes, result: Result) -> None:
@@ -183,8 +271,13 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32,
                   progress=sys.stderr) -> tuple[list[Result], list[tuple[str, str]]]:
     """Scores image files in batches, printing a line (or JSON object) per image.
 
+    Images with an EXIF orientation are scored (and drawn) upright (`upright`).
+
     Returns:
       (results for the images scored, in input order; [(path, error)] for the others).
+
+    Raises:
+      ValueError: batch_size < 1, or `draw_dir` cannot be written (before any scoring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -193,6 +286,7 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32,
     for batch in make_dataset(paths, batch_size):
         names, data, errors = (t.numpy().tolist() for t in batch)
         names = [n.decode("utf-8", "replace") for n in names]
+        data = [upright(d) if d else d for d in data]
         rows = {i: e.decode("utf-8") for i, e in enumerate(errors) if e}  # i -> Result or error
         good = [i for i in range(len(names)) if i not in rows]
         try:  # the common case: the whole batch in one call
@@ -241,22 +335,43 @@ def define_flags():
     flags.DEFINE_string("draw", "", "Write each image with its patches drawn to this folder.")
 
 
-def main(argv):
-    if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
-        raise app.UsageError("give exactly one of --saved_model and --model_dir")
-    paths = list_images(argv[1:])
-    if not paths:
-        raise app.UsageError("no image files given (pass files or folders)")
-    if FLAGS.saved_model:
-        predictor = Predictor.from_saved_model(FLAGS.saved_model)
-        if FLAGS.thresholds:
+def run(paths: list[str], saved_model: str = "", model_dir: str = "", thresholds: str = "",
+        batch_size: int = 32, as_json: bool = False, draw_dir: str = "", out=sys.stdout,
+        progress=sys.stderr) -> int:
+    """The CLI's work: scores `paths` (files or folders); returns the exit code.
+
+    Returns:
+      0 when every file was scored, 1 when any failed (the summary line counts them).
+
+    Raises:
+      ValueError: not exactly one of saved_model / model_dir, no image files, or an
+        unwritable `draw_dir` (all checked before the model is loaded).
+    """
+    if bool(saved_model) == bool(model_dir):
+        raise ValueError("give exactly one of --saved_model and --model_dir")
+    files = list_images(paths)
+    if not files:
+        raise ValueError("no image files given (pass files or folders)")
+    if draw_dir:
+        _Drawer(draw_dir)  # fail now, not after loading the model and a first batch
+    if saved_model:
+        predictor = Predictor.from_saved_model(saved_model)
+        if thresholds:
             from scdnn_tf.export import read_thresholds  # noqa: PLC0415
-            predictor.thresholds = read_thresholds(FLAGS.thresholds, predictor.class_names)
+            predictor.thresholds = read_thresholds(thresholds, predictor.class_names)
     else:
-        predictor = Predictor.from_model_dir(FLAGS.model_dir, FLAGS.thresholds)
-    results, _ = predict_files(predictor, paths, FLAGS.batch_size, as_json=FLAGS.json,
-                               draw_dir=FLAGS.draw)
-    return 0 if results else 1
+        predictor = Predictor.from_model_dir(model_dir, thresholds)
+    _, failures = predict_files(predictor, files, batch_size, out=out, as_json=as_json,
+                                draw_dir=draw_dir, progress=progress)
+    return 1 if failures else 0
+
+
+def main(argv):
+    try:
+        return run(argv[1:], FLAGS.saved_model, FLAGS.model_dir, FLAGS.thresholds,
+                   FLAGS.batch_size, FLAGS.json, FLAGS.draw)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

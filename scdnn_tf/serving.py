@@ -11,14 +11,18 @@ K = min(top_k, C), P = the model's patches per image):
 
 Signatures (inputs named so that TF Serving's REST/gRPC requests can address them):
   serving_default(image_bytes: string [N])   JPEG/PNG (also GIF/BMP/WebP) file bytes;
-  image_tensor(images: uint8 [N,H,W,3])      any H, W;
+  image_tensor(images: uint8 [N,H,W,3])      any H, W (RGB; other channel counts refused);
   tf_example(examples: string [N])           serialized tf.Example (records.py format);
   class_names()                              -> class_names [C] string, thresholds [C].
 
-Bad input fails the request with an InvalidArgumentError naming the input index and the
-problem (empty bytes, not an image, image too large, empty batch); the server process
-carries on. Images above `max_pixels` (height * width) are refused: for JPEG and PNG the
-size is read from the file header before decoding, so a 12000x12000 PNG costs no memory.
+Bad input fails the request with an InvalidArgumentError "[input 3] [problem]" (or
+"[record 3 name]") naming the element, for every kind of failure: empty bytes, not an
+image, an unreadable or too-large header, image data damaged past the header (a
+truncated JPEG), a record that is not a tf.Example with `image/encoded`. The server
+process carries on. Images above `max_pixels` (height * width) are refused from the
+file header before anything is decoded, for every accepted format, so a tiny GIF or
+WebP declaring 20000x20000 costs no memory. The pixels are used as stored: EXIF
+orientation is not applied (clients send upright pixels).
 """
 
 from __future__ import annotations
@@ -29,36 +33,117 @@ import tensorflow as tf
 
 from scdnn_tf.data.preprocess import decode_image, resize_image
 from scdnn_tf.data.records import parse_example
+from scdnn_tf.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
+from scdnn_tf.thresholds import logit_threshold
 
 SIGNATURE_NAMES = ("serving_default", "image_tensor", "tf_example", "class_names")
 # 50 megapixels: a 24 MP phone photo passes, a 12000x12000 (144 MP) image is refused.
 DEFAULT_MAX_PIXELS = 50_000_000
 PATCH_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
-_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_FORMATS = "a JPEG/PNG/GIF/BMP/WebP image"
 
 
-def _big_endian_u32(encoded: tf.Tensor, offset: int) -> tf.Tensor:
-    digits = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, offset, 4), tf.uint8), tf.int64)
-    return tf.reduce_sum(digits * tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64))
+def _plain_options() -> tf.data.Options:
+    # A fresh iterator per request: tf.data's graph rewrites and autotuning would cost
+    # more than the work (seconds, versus milliseconds without them).
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
 
 
-def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
-    """height * width from a JPEG or PNG header (int64 scalar); -1 for other formats.
+_PLAIN = _plain_options()
 
-    JPEG: `tf.io.extract_jpeg_shape` (reads the SOF marker, no decoding). PNG: the IHDR
-    chunk, width and height as big-endian uint32 at bytes 16 and 20.
+
+def map_naming_failures(fn, elements, contexts: tf.Tensor, problem: str, output_spec):
+    """`fn` on each element, in order; a failing element fails the call naming it.
+
+    A TF op error inside `fn` (e.g. a truncated JPEG) names no element. Running `fn` in a
+    tf.data map with `ignore_errors` drops the failing elements; the missing index then
+    tells which one failed, and the assertion names it.
+
+    Args:
+      fn: element -> tensor of `output_spec`. elements: a tensor (or nest) with N rows.
+      contexts: string [N], how each element is named in the error ("input 3").
+      problem: what the error says about the failed element.
+      output_spec: tf.TensorSpec of one output.
+
+    Returns:
+      the stacked outputs [N, ...].
+
+    Raises (at run time):
+      InvalidArgumentError: "[<context>] [<problem>]" for the first failing element.
     """
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), _JPEG)
-    is_png = tf.logical_and(tf.equal(tf.strings.substr(encoded, 0, 8), _PNG),
-                            tf.strings.length(encoded) >= 24)
+    n = tf.shape(contexts, out_type=tf.int64)[0]
+    dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), elements))
+               .map(lambda i, x: (i, fn(x)))
+               .ignore_errors()
+               .batch(tf.maximum(n, 1))
+               .with_options(_PLAIN))
+    shape = [None] + output_spec.shape.as_list()
+    empty = (tf.zeros([0], tf.int64), tf.zeros([0] + [d or 0 for d in shape[1:]],
+                                                output_spec.dtype))
+    done, outputs = dataset.reduce(empty, lambda _, batch: batch)
+    ok = tf.tensor_scatter_nd_update(tf.zeros([n], tf.bool), done[:, None],
+                                     tf.ones_like(done, tf.bool))
+    first = tf.argmin(tf.cast(ok, tf.int32))
+    check = tf.debugging.Assert(tf.reduce_all(ok), [tf.gather(contexts, first), problem])
+    with tf.control_dependencies([check]):
+        outputs = tf.identity(outputs)
+    outputs.set_shape(shape)
+    return outputs
 
-    def jpeg():
-        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))
 
-    def png():
-        return _big_endian_u32(encoded, 16) * _big_endian_u32(encoded, 20)
+def _assert_none(bad: tf.Tensor, contexts: tf.Tensor, message: list):
+    """Assert that no element is `bad` [N]; names the first one (message: extra data)."""
+    first = tf.argmax(tf.cast(bad, tf.int32))
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
+                               [tf.gather(contexts, first)] + [
+                                   tf.gather(m, first) if isinstance(m, tf.Tensor) else m
+                                   for m in message], summarize=8)
 
-    return tf.case([(is_jpeg, jpeg), (is_png, png)], default=lambda: tf.constant(-1, tf.int64))
+
+def check_encoded(encoded: tf.Tensor, contexts: tf.Tensor, max_pixels: int) -> list:
+    """Assertions on encoded images [N] before any is decoded, each naming the element.
+
+    Empty bytes, bytes of no accepted format, an unreadable header (JPEG markers, a file
+    shorter than its format's header), and more than `max_pixels` (height * width, read
+    from the header, so a decompression bomb is never decoded).
+
+    Returns:
+      the list of assertion ops (run them before decoding).
+    """
+    length = tf.strings.length(encoded)
+    not_empty = _assert_none(tf.equal(length, 0), contexts, ["is empty (0 bytes), not an image"])
+    with tf.control_dependencies([not_empty]):
+        pixels = tf.map_fn(header_pixels, encoded, fn_output_signature=tf.int64)
+    first_bytes = tf.strings.substr(encoded, 0, 8)  # pos 0: valid for any length
+    known = _assert_none(tf.equal(pixels, NOT_AN_IMAGE), contexts,
+                         [f"is not {_FORMATS}: length", length, "first bytes", first_bytes])
+    with tf.control_dependencies([known]):
+        sized = _assert_none(tf.equal(pixels, NO_SIZE), contexts, [
+            "is damaged or truncated: its header holds no image size (length", length,
+            "bytes)"])
+    with tf.control_dependencies([sized]):
+        small = _assert_none(pixels > max_pixels, contexts, [
+            "image header declares", pixels, (f"pixels (height * width), above the limit of "
+                                              f"{max_pixels} (export --max_image_pixels)")])
+    return [not_empty, known, sized, small]
+
+
+def decode_batch(encoded: tf.Tensor, contexts: tf.Tensor, image_size: int,
+                 max_pixels: int) -> tf.Tensor:
+    """Encoded images [N] -> float32 [N,S,S,3] in [0,255]; each failure names its element.
+
+    Raises (at run time) InvalidArgumentError: see `check_encoded`, and "could not be
+    decoded" for image data damaged past the header.
+    """
+    with tf.control_dependencies(check_encoded(encoded, contexts, max_pixels)):
+        encoded = tf.identity(encoded)
+    return map_naming_failures(
+        lambda e: resize_image(decode_image(e), image_size), encoded, contexts,
+        "could not be decoded: the image data is damaged or truncated",
+        tf.TensorSpec([image_size, image_size, 3], tf.float32))
 
 
 def _assert_pixels(pixels, max_pixels: int, where, what: str):
@@ -68,45 +153,33 @@ def _assert_pixels(pixels, max_pixels: int, where, what: str):
          f"{max_pixels} (export --max_image_pixels)"])
 
 
-def decode_and_resize(encoded: tf.Tensor, where: tf.Tensor, image_size: int,
-                      max_pixels: int) -> tf.Tensor:
-    """One encoded image -> float32 [S,S,3] in [0,255], with checks naming `where`.
-
-    Raises (at run time) InvalidArgumentError: empty bytes, not an image, too many pixels.
-    """
-    not_empty = tf.debugging.Assert(tf.strings.length(encoded) > 0,
-                                    [where, "is empty (0 bytes), not an image"])
-    with tf.control_dependencies([not_empty]):
-        # Checked on the header first so that a decompression bomb is never decoded.
-        small = _assert_pixels(header_pixels(encoded), max_pixels, where, "image header")
-    with tf.control_dependencies([small]):
-        image = decode_image(encoded, context=where)
-    shape = tf.shape(image, out_type=tf.int64)
-    decoded = _assert_pixels(shape[0] * shape[1], max_pixels, where, "decoded image")
-    with tf.control_dependencies([decoded]):
-        return resize_image(image, image_size)
-
-
 def _assert_not_empty_batch(n, name):
     return tf.debugging.Assert(n > 0, [f"{name}: empty batch, send at least one image"])
 
 
-def postprocess(logits, thresholds, class_names, top_k: int) -> dict:
+def postprocess(logits, logit_cuts, class_names, top_k: int) -> dict:
     """Scores, thresholded labels and top-k classes from image logits.
 
+    Labels and the top-k order come from the logits: the float32 sigmoid rounds to 1.0
+    above ~16.6, which would tie confident classes (and order them by class index).
+
     Args:
-      logits: [N,C] (any float dtype). thresholds: [C] float32. class_names: [C] string.
-      top_k: K (clamped to C; static).
+      logits: [N,C] (any float dtype). logit_cuts: [C] float64, `logit_threshold` of the
+        probability thresholds (label = sigmoid(logit) >= threshold, decided exactly).
+      class_names: [C] string. top_k: K (clamped to C; static).
 
     Returns:
       dict: scores [N,C] float32, labels [N,C] bool, top_classes [N,K] int32,
       top_scores [N,K] float32, top_class_names [N,K] string (best first).
     """
-    scores = tf.sigmoid(tf.cast(logits, tf.float32))
+    logits = tf.cast(logits, tf.float32)
+    scores = tf.sigmoid(logits)
     k = min(int(top_k), int(scores.shape[-1]))
-    top_scores, top_classes = tf.math.top_k(scores, k=k)
-    return {"scores": scores, "labels": scores >= thresholds, "top_classes": top_classes,
-            "top_scores": top_scores, "top_class_names": tf.gather(class_names, top_classes)}
+    _, top_classes = tf.math.top_k(logits, k=k)
+    return {"scores": scores, "labels": tf.cast(logits, tf.float64) >= logit_cuts,
+            "top_classes": top_classes,
+            "top_scores": tf.gather(scores, top_classes, batch_dims=1),
+            "top_class_names": tf.gather(class_names, top_classes)}
 
 
 class ServingModule:
@@ -142,6 +215,7 @@ class ServingModule:
         self.model, self.top_k = model, int(top_k)
         self.image_size, self.max_pixels = int(model.image_size), int(max_image_pixels)
         self.thresholds = tf.constant(thresholds, tf.float32)
+        self.logit_cuts = tf.constant(logit_threshold(self.thresholds.numpy()), tf.float64)
         self.class_table = self._make_table(class_names, label_map_dir)
         # One traced model graph shared by the three signatures (not three copies).
         self._run = tf.function(self._run_model, input_signature=[tf.TensorSpec(
@@ -150,7 +224,7 @@ class ServingModule:
             "serving_default": tf.function(self.from_bytes, input_signature=[
                 tf.TensorSpec([None], tf.string, name="image_bytes")]),
             "image_tensor": tf.function(self.from_images, input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]),
+                tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]),
             "tf_example": tf.function(self.from_examples, input_signature=[
                 tf.TensorSpec([None], tf.string, name="examples")]),
             "class_names": tf.function(self.metadata, input_signature=[]),
@@ -174,19 +248,14 @@ class ServingModule:
 
     def _run_model(self, images):
         outputs = self.model(images, training=False)
-        result = postprocess(outputs["logits"], self.thresholds, self._class_names(), self.top_k)
+        result = postprocess(outputs["logits"], self.logit_cuts, self._class_names(), self.top_k)
         result.update({k: tf.cast(outputs[k], tf.float32) for k in PATCH_KEYS if k in outputs})
         if "patch_valid" in outputs:
             result["patch_valid"] = tf.cast(outputs["patch_valid"], tf.bool)
         return result
 
     def _decode_batch(self, encoded, contexts):
-        images = tf.map_fn(
-            lambda args: decode_and_resize(args[0], args[1], self.image_size, self.max_pixels),
-            (encoded, contexts),
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32))
-        images.set_shape([None, self.image_size, self.image_size, 3])
-        return images
+        return decode_batch(encoded, contexts, self.image_size, self.max_pixels)
 
     def from_bytes(self, image_bytes):
         """string [N] encoded images -> outputs."""
@@ -196,25 +265,40 @@ class ServingModule:
         return self._run(self._decode_batch(image_bytes, contexts))
 
     def from_images(self, images):
-        """uint8 [N,H,W,3] -> outputs (all N images share H and W)."""
+        """uint8 [N,H,W,3] -> outputs (all N images share H and W).
+
+        The input spec leaves the channel count open so that a wrong one (RGBA, gray)
+        reaches this check and its message instead of a shape error deep in the model.
+        """
         shape = tf.shape(images, out_type=tf.int64)
-        checks = [_assert_not_empty_batch(shape[0], "images"),
-                  tf.debugging.Assert(tf.reduce_all(shape[1:3] > 0),
-                                      ["images: height and width must be > 0, got", shape]),
-                  _assert_pixels(shape[1] * shape[2], self.max_pixels, "images", "each image")]
+        rgb = tf.debugging.Assert(
+            tf.logical_and(tf.equal(tf.size(shape), 4), tf.equal(shape[-1], 3)),
+            ["images: expected uint8 [N, H, W, 3] (RGB), got shape", shape,
+             "(convert RGBA or grayscale images to 3-channel RGB first)"], summarize=8)
+        with tf.control_dependencies([rgb]):
+            checks = [_assert_not_empty_batch(shape[0], "images"),
+                      tf.debugging.Assert(tf.reduce_all(shape[1:3] > 0),
+                                          ["images: height and width must be > 0, got", shape]),
+                      _assert_pixels(shape[1] * shape[2], self.max_pixels, "images",
+                                     "each image")]
         with tf.control_dependencies(checks):
+            images = tf.ensure_shape(images, [None, None, None, 3])
             return self._run(resize_image(images, self.image_size))
 
     def from_examples(self, examples):
         """string [N] serialized tf.Example -> outputs (image from `image/encoded`)."""
         n = tf.size(examples)
         with tf.control_dependencies([_assert_not_empty_batch(n, "examples")]):
-            parsed = tf.map_fn(lambda s: {k: parse_example(s)[k] for k in ("encoded", "filename")},
-                               examples, fn_output_signature={"encoded": tf.string,
-                                                              "filename": tf.string})
-        contexts = tf.strings.join(["record ", tf.strings.as_string(tf.range(n)), " ",
-                                    parsed["filename"]])
-        return self._run(self._decode_batch(parsed["encoded"], contexts))
+            indices = tf.strings.as_string(tf.range(n))
+        # Parsed element by element so that a bad record is named (a batched parse error
+        # names none); encoded and file name travel as one [2] string tensor.
+        parsed = map_naming_failures(
+            lambda s: tf.stack([parse_example(s)[k] for k in ("encoded", "filename")]),
+            examples, tf.strings.join(["record ", indices]),
+            "is not a serialized tf.Example with an image/encoded feature",
+            tf.TensorSpec([2], tf.string))
+        contexts = tf.strings.join(["record ", indices, " ", parsed[:, 1]])
+        return self._run(self._decode_batch(parsed[:, 0], contexts))
 
     def metadata(self):
         """-> class_names [C] string, thresholds [C] float32."""

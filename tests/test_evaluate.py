@@ -41,11 +41,38 @@ def test_predictor_pads_the_last_batch_and_keeps_order(tmp_path):
     assert "patch_boxes" not in samples
 
 
+def test_confident_model_is_ranked_by_logits(tmp_path):
+    """Logits 17..25: float32 sigmoids all tie at 1.0, the metrics still rank correctly."""
+    from sklearn.metrics import average_precision_score
+
+    data = write_tiny_dataset(tmp_path, num_train=2, num_val=12)
+    dataset = make_dataset(f"{data}/val-*", 3, 64, 4, training=False)
+    inputs = keras.Input((64, 64, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs) / 255.0
+    kernel = np.array([[30.0, -20.0, 10.0], [-20.0, 30.0, -25.0], [10.0, -10.0, 30.0]])
+    logits = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(kernel),
+                                bias_initializer=keras.initializers.Constant(21.0))(pooled)
+    model = keras.Model(inputs, {"logits": keras.ops.clip(logits, 17.5, 60.0)})
+    predictions = evaluate.Predictor(model, tf.distribute.get_strategy(), 4).predict_dataset(
+        dataset)
+    assert np.all(predictions["scores"] == 1.0)  # saturated: useless for ranking
+    for c in range(3):
+        assert len(np.unique(predictions["logits"][:, c])) > 8
+    metrics = evaluate.compute_metrics(predictions)
+    labels = predictions["labels"]
+    expected = [average_precision_score(labels[:, c], predictions["logits"][:, c])
+                for c in range(3) if labels[:, c].any()]
+    assert metrics["mAP"] == pytest.approx(np.mean(expected), abs=1e-12)
+    thresholds = evaluate.metrics_lib.per_class_best_thresholds(
+        labels, predictions["logits"], from_logits=True)
+    assert np.all(thresholds < 1.0)  # a threshold of 1.0 would predict nothing
+
+
 def test_metrics_to_json_names_classes():
     rng = np.random.RandomState(0)
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], np.float32)
     out = evaluate.metrics_to_json(evaluate.compute_metrics(
-        {"labels": y, "scores": rng.rand(3, 3), "label_weights": np.ones_like(y)}), CLASSES)
+        {"labels": y, "logits": rng.randn(3, 3), "label_weights": np.ones_like(y)}), CLASSES)
     assert set(out["per_class_AP"]) == set(CLASSES)
     assert out["per_class_AP"]["blue"] is None  # no positive -> NaN -> null
     json.dumps(out)

@@ -18,7 +18,9 @@ from scdnn_tf.data.preprocess import decode_image, resize_image
 from scdnn_tf.data.records import build_example
 from scdnn_tf.export import export_saved_model, next_version, read_thresholds
 from scdnn_tf.modeling.scdnn import SCDNN
-from scdnn_tf.serving import header_pixels, postprocess
+from scdnn_tf.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
+from scdnn_tf.serving import postprocess
+from scdnn_tf.thresholds import logit_threshold
 
 NAMES = ["person", "car", "traffic light", "dog", "racket"]
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5]
@@ -57,7 +59,7 @@ def keras_scores(model, encoded_list):
 
 def test_postprocess_thresholds_and_top_k():
     logits = tf.constant([[0.0, 2.0, -1.0], [3.0, -3.0, 0.5]])
-    out = postprocess(logits, tf.constant([0.5, 0.9, 0.2]), tf.constant(["a", "b", "c"]), 5)
+    out = postprocess(logits, logit_threshold([0.5, 0.9, 0.2]), tf.constant(["a", "b", "c"]), 5)
     scores = 1 / (1 + np.exp(-logits.numpy()))
     np.testing.assert_allclose(out["scores"], scores, rtol=1e-6)
     # score >= threshold: 0.5 >= 0.5 counts; 0.88 < 0.9 does not.
@@ -67,12 +69,93 @@ def test_postprocess_thresholds_and_top_k():
     np.testing.assert_allclose(out["top_scores"], np.sort(scores, axis=1)[:, ::-1], rtol=1e-6)
 
 
-def test_header_pixels_reads_jpeg_and_png_headers():
-    image = random_image(7, 5)
-    assert int(header_pixels(encode(image, "PNG"))) == 35
-    assert int(header_pixels(encode(image, "JPEG"))) == 35
-    assert int(header_pixels(encode(image, "GIF"))) == -1  # checked after decoding instead
-    assert int(header_pixels(b"\x89PNG\r\n\x1a\n")) == -1  # too short for an IHDR
+def test_confident_logits_rank_and_threshold_without_ties():
+    # float32 sigmoid of all three is exactly 1.0: ranking by it would give [0, 1, 2].
+    logits = tf.constant([[20.0, 18.0, 30.0]])
+    out = postprocess(logits, logit_threshold([0.5, 1.0, 0.5]), tf.constant(["a", "b", "c"]), 3)
+    assert np.all(out["scores"].numpy() == 1.0)
+    np.testing.assert_array_equal(out["top_classes"], [[2, 0, 1]])
+    np.testing.assert_array_equal(out["labels"], [[True, False, True]])  # sigmoid(18) < 1
+
+
+def rgba_webp(h, w):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 4), np.uint8)).save(buf, format="WEBP")
+    return buf.getvalue()
+
+
+def jpeg_with_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {"exif": exif.tobytes(), "progressive": True}
+
+
+@pytest.mark.parametrize("fmt, kwargs", [("PNG", {}), ("JPEG", {}), ("JPEG", jpeg_with_exif()),
+                                         ("GIF", {}), ("BMP", {}), ("WEBP", {}),
+                                         ("WEBP", {"lossless": True})])
+def test_header_pixels_reads_every_accepted_format(fmt, kwargs):
+    assert int(header_pixels(encode(random_image(7, 5), fmt, **kwargs))) == 35
+    assert int(header_pixels(rgba_webp(7, 5))) == 35  # extended (VP8X) header
+
+
+def test_jpeg_header_walk_agrees_with_tf(coco_real):
+    files = sorted(glob.glob(os.path.join(coco_real, "coco_tiny", "train2017", "*.jpg")))[:20]
+    for path in files:
+        data = open(path, "rb").read()
+        shape = tf.io.extract_jpeg_shape(data).numpy()
+        assert int(header_pixels(data)) == shape[0] * shape[1], path
+
+
+def test_header_pixels_counts_every_gif_frame():
+    frames = [Image.fromarray(random_image(30, 40, seed=i)).convert("P") for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert int(header_pixels(buf.getvalue())) == 3 * 30 * 40
+
+
+@pytest.mark.parametrize("payload, expected", [
+    (b"\x89PNG\r\n\x1a\n", NO_SIZE),  # too short for an IHDR
+    (b"GIF89a\x01", NO_SIZE), (b"BM\x00", NO_SIZE), (b"RIFF\0\0\0\0WEBPVP8Z", NO_SIZE),
+    (b"abc", NOT_AN_IMAGE), (b"", NOT_AN_IMAGE), (b"plain text, longer than a header", NOT_AN_IMAGE),
+])
+def test_header_pixels_of_short_or_unknown_payloads(payload, expected):
+    assert int(header_pixels(payload)) == expected
+
+
+def huge_headers():
+    """Tiny payloads whose headers declare far more than 50 MP (built by hand)."""
+    le16, le32 = (lambda v: v.to_bytes(2, "little")), (lambda v: v.to_bytes(4, "little"))
+    gif = b"GIF89a" + le16(20000) + le16(20000) + b"\x00\x00\x00" + b"\x3b"
+    # A 10x10 screen with a colour table, an extension, a tiny frame, then a frame
+    # declaring 20000x20000: TF's decoder sizes its output by the largest frame.
+    frame = (lambda w, h: b"\x2c" + le16(0) * 2 + le16(w) + le16(h) + b"\x00"
+             + b"\x02\x02\x4c\x01\x00")
+    gif_frames = (b"GIF89a" + le16(10) + le16(10) + b"\x80\x00\x00" + b"\0" * 6
+                  + b"\x21\xf9\x04\x00\x00\x00\x00\x00" + frame(2, 2) + frame(20000, 20000)
+                  + b"\x3b")
+    bmp = (b"BM" + le32(0) + le32(0) + le32(54) + le32(40) + le32(16000) + le32(16000)
+           + le16(1) + le16(24) + b"\0" * 24)
+    bmp_top_down = bmp[:22] + (2**32 - 16000).to_bytes(4, "little") + bmp[26:]
+    vp8 = b"\x00\x00\x00\x9d\x01\x2a" + le16(16383) + le16(16383)
+    webp = b"RIFF" + le32(4 + 8 + len(vp8)) + b"WEBP" + b"VP8 " + le32(len(vp8)) + vp8
+    bits = (16383 - 1) | ((16383 - 1) << 14)
+    webp_lossless = b"RIFF" + le32(30) + b"WEBPVP8L" + le32(5) + b"\x2f" + le32(bits)
+    webp_extended = (b"RIFF" + le32(30) + b"WEBPVP8X" + le32(10) + b"\0" * 4
+                     + (16383).to_bytes(3, "little") * 2)
+    return {"gif": (gif, 400_000_000), "gif_frames": (gif_frames, 400_000_004), "bmp": (bmp, 256_000_000),
+            "bmp_top_down": (bmp_top_down, 256_000_000), "webp": (webp, 16383**2),
+            "webp_lossless": (webp_lossless, 16383**2), "webp_extended": (webp_extended, 16384**2)}
+
+
+@pytest.mark.parametrize("name", sorted(huge_headers()))
+def test_huge_headers_are_refused_before_decoding(exported, name):
+    payload, pixels = huge_headers()[name]
+    assert len(payload) < 100 and int(header_pixels(payload)) == pixels
+    _, loaded, _ = exported
+    good = encode(random_image(20, 20))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"input 1\] \[image header declares\] \[{pixels}\].*above the limit"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([good, payload]))
 
 
 def test_next_version(tmp_path):
@@ -134,16 +217,25 @@ def test_three_signatures_agree_with_keras(exported):
     assert out["top_class_names"].numpy().astype(str).tolist() == names.tolist()
 
 
+def truncated_jpeg():
+    """A real JPEG cut in half: its header reads, its scan data ends early."""
+    data = encode(random_image(64, 64, seed=3), "JPEG", quality=95)
+    return data[:len(data) // 2]
+
+
 @pytest.mark.parametrize("payload, message", [
-    (b"this is not an image", "not a JPEG/PNG.*input 1"),
-    (b"", "input 1.*is empty"),
-    (b"\xff\xd8\xff\xe0 truncated jpeg", None),  # TF's own JPEG error, still InvalidArgument
+    (b"this is not an image", r"\[input 1\] \[is not a JPEG/PNG/GIF/BMP/WebP image"),
+    (b"abc", r"\[input 1\] \[is not a JPEG/PNG/GIF/BMP/WebP image: length\] \[3\]"),
+    (b"", r"\[input 1\] \[is empty"),
+    (b"\xff\xd8\xff\xe0 truncated jpeg", r"\[input 1\] \[.*holds no image size"),
+    (truncated_jpeg(), r"\[input 1\] \[could not be decoded: .*damaged or truncated"),
+    (b"GIF89a\x01", r"\[input 1\] \[.*holds no image size"),
 ])
 def test_bad_bytes_give_clear_errors(exported, payload, message):
     _, loaded, _ = exported
     good = encode(random_image(20, 20))
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        loaded.signatures["serving_default"](image_bytes=tf.constant([good, payload]))
+        loaded.signatures["serving_default"](image_bytes=tf.constant([good, payload, good]))
     # The loaded model still serves after a rejected request.
     again = loaded.signatures["serving_default"](image_bytes=tf.constant([good]))
     assert again["scores"].shape == (1, 5)
@@ -155,12 +247,31 @@ def test_empty_batch_and_empty_tensor_are_rejected(exported):
         loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
     with pytest.raises(tf.errors.InvalidArgumentError, match="height and width must be > 0"):
         loaded.signatures["image_tensor"](images=tf.zeros([1, 0, 8, 3], tf.uint8))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["tf_example"](examples=tf.constant([b"not a proto"]))
-    bad = build_example(encoded=b"GARBAGE!", image_format="png", height=1, width=1,
-                        filename="broken.png", source_id="9").SerializeToString()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="record 0 broken.png"):
-        loaded.signatures["tf_example"](examples=tf.constant([bad]))
+
+def test_bad_records_and_tensors_are_named(exported):
+    _, loaded, _ = exported
+    good = build_example(encoded=encode(random_image(20, 20)), image_format="png", height=20,
+                         width=20, filename="good.png", source_id="1").SerializeToString()
+    no_image = tf.train.Example(features=tf.train.Features(feature={
+        "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x.png"]))}))
+    for bad in (no_image.SerializeToString(), b"not a proto"):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"\[record 1\] \[is not a serialized tf.Example with an "
+                                 r"image/encoded"):
+            loaded.signatures["tf_example"](examples=tf.constant([good, bad, good]))
+    garbage = build_example(encoded=b"GARBAGE!", image_format="png", height=1, width=1,
+                            filename="broken.png", source_id="9").SerializeToString()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[record 1 broken.png\] \[is not"):
+        loaded.signatures["tf_example"](examples=tf.constant([good, garbage]))
+    cut = build_example(encoded=truncated_jpeg(), image_format="jpeg", height=64, width=64,
+                        filename="cut.jpg", source_id="2").SerializeToString()
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"\[record 1 cut.jpg\] \[could not be decoded"):
+        loaded.signatures["tf_example"](examples=tf.constant([good, cut]))
+    rgba = np.zeros([2, 8, 8, 4], np.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"expected uint8 \[N, H, W, 3\] \(RGB\), got shape\] \[2 8 8 4\]"):
+        loaded.signatures["image_tensor"](images=tf.constant(rgba))
 
 
 def test_huge_png_is_refused_before_decoding(exported):

@@ -193,3 +193,98 @@ def test_accumulator_bad_input():
     acc.update(Y, S)
     with pytest.raises(ValueError, match="batch has 3 classes"):
         acc.update(Y[:, :3], S[:, :3])
+
+
+def _confident_case(seed=0, n=80, c=5):
+    """Logits in [17, 25]: every float32 sigmoid is exactly 1.0, the logits are distinct."""
+    rng = np.random.default_rng(seed)
+    logits = (17.0 + 8.0 * rng.random((n, c))).astype(np.float32)
+    y = (rng.random((n, c)) < 0.4).astype(np.int64)
+    y[0] = 1  # every class has a positive
+    return y, logits
+
+
+def test_confident_logits_match_sklearn_where_float32_sigmoid_ties():
+    y, logits = _confident_case()
+    saturated = 1 / (1 + np.exp(-logits))  # float32, as the model's sigmoid
+    assert np.all(saturated == 1.0)
+    m = M.multilabel_metrics(y, logits, from_logits=True)
+    expected = [average_precision_score(y[:, c], logits[:, c]) for c in range(y.shape[1])]
+    np.testing.assert_allclose(m["per_class_AP"], expected, atol=1e-12)
+    assert m["mAP"] == pytest.approx(np.mean(expected), abs=1e-12)
+    # The tied probabilities give each class its prevalence as AP: clearly lower.
+    tied = M.multilabel_metrics(y, saturated)["mAP"]
+    assert tied < m["mAP"] - 0.05
+    acc = M.MultilabelAccumulator(from_logits=True)
+    acc.update(y[:30], logits[:30])
+    acc.update(y[30:], logits[30:])
+    assert acc.result()["mAP"] == m["mAP"]
+
+
+def test_confident_top3_does_not_depend_on_class_order():
+    y, logits = _confident_case(seed=1, c=6)
+    threshold = 0.5
+    m = M.multilabel_metrics(y, logits, threshold, from_logits=True)
+    order = np.random.default_rng(2).permutation(y.shape[1])
+    shuffled = M.multilabel_metrics(y[:, order], logits[:, order], threshold, from_logits=True)
+    for key in ("OP_top3", "OR_top3", "OF1_top3", "CP_top3", "CR_top3", "CF1_top3"):
+        assert shuffled[key] == pytest.approx(m[key], abs=1e-12), key
+    # By hand: the top-3 by logit of each row, all above threshold 0.5.
+    top = np.argsort(-logits, axis=1)[:, :3]
+    pred = np.zeros_like(y, bool)
+    np.put_along_axis(pred, top, True, axis=1)
+    tp = (pred & (y == 1)).sum()
+    assert m["OP_top3"] == pytest.approx(tp / pred.sum())
+    assert m["OR_top3"] == pytest.approx(tp / y.sum())
+
+
+def _exact_sigmoid_at_least(x, t):
+    """sigmoid(x) >= t with rational t and an 800-digit exp: an independent formulation."""
+    from decimal import Decimal, localcontext
+    from fractions import Fraction
+
+    with localcontext() as ctx:
+        ctx.prec = 800  # exp(-x) of a subnormal x still differs from 1
+        q = Fraction(t)  # exact value of the float
+        # 1 / (1 + e^-x) >= p/q'  <=>  q' >= p (1 + e^-x)
+        return Decimal(q.denominator) >= Decimal(q.numerator) * (1 + Decimal(-x).exp())
+
+
+@pytest.mark.parametrize("t", [0.5, 0.3, 0.7, 0.9, 0.999, 1e-12, 1 - 1e-12, 0.123456789])
+def test_logit_threshold_is_the_exact_cut(t):
+    from scdnn_tf.thresholds import logit_threshold
+
+    cut = float(logit_threshold(t))
+    below = np.nextafter(cut, -np.inf)
+    assert _exact_sigmoid_at_least(cut, t) and not _exact_sigmoid_at_least(below, t)
+
+
+def test_thresholds_on_logits_equal_thresholds_on_probabilities():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, (200, 4))
+    y = (rng.random((200, 4)) < 0.4).astype(np.int64)
+    probs = 1 / (1 + np.exp(-logits))
+    for threshold in (0.5, 0.8, np.array([0.2, 0.5, 0.7, 0.95])):
+        a = M.multilabel_metrics(y, logits, threshold, from_logits=True)
+        b = M.multilabel_metrics(y, probs, threshold)
+        for k in ("CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "OF1_top3", "mAP"):
+            assert a[k] == pytest.approx(b[k], abs=1e-12), (k, threshold)
+    assert M.logit_threshold(0.0) == -np.inf and M.logit_threshold(1.0) == np.inf
+    # t = 1 predicts nothing even for a logit whose float32 sigmoid is 1.0.
+    m = M.multilabel_metrics([[1, 0]], np.array([[40.0, -40.0]]), 1.0, from_logits=True)
+    assert m["OP"] == 0.0 and m["OR"] == 0.0
+
+
+def test_best_thresholds_from_logits_reproduce_the_best_f1():
+    y, logits = _confident_case(seed=6, n=60, c=4)
+    y = y.astype(bool)
+    best = M.per_class_best_thresholds(y, logits, from_logits=True)
+    assert np.all((best > 0) & (best < 1))
+    cuts = M.logit_threshold(best)
+    out = M.multilabel_metrics(y, logits, threshold=best, from_logits=True)
+    for c in range(y.shape[1]):
+        scan = max(_f1_at(y[:, c], logits[:, c], np.ones(len(y), bool), t)
+                   for t in np.unique(logits[:, c]))
+        assert _f1_at(y[:, c], logits[:, c], np.ones(len(y), bool), cuts[c]) == \
+            pytest.approx(scan, abs=1e-12)
+        assert out["per_class_F1"][c] == pytest.approx(scan, abs=1e-12)

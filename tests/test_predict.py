@@ -13,7 +13,9 @@ from PIL import Image
 
 from scdnn_tf.export import export_saved_model
 from scdnn_tf.modeling.scdnn import SCDNN
-from scdnn_tf.predict import Predictor, Result, list_images, make_result, predict_files
+from scdnn_tf.data.preprocess import decode_image
+from scdnn_tf.predict import (Predictor, Result, exif_orientation, list_images, make_result,
+                              predict_files, run)
 
 NAMES = ["person", "car", "backpack"]
 THRESHOLDS = [0.0, 0.5, 1.0]  # person always, backpack never: deterministic label lists
@@ -33,6 +35,12 @@ def models(tmp_path_factory):
     model(tf.zeros([1, 64, 64, 3]))
     path = export_saved_model(model, NAMES, str(tmp_path_factory.mktemp("export")), THRESHOLDS)
     return model, path
+
+
+@pytest.fixture(scope="module")
+def loaded(models):
+    """The exported model loaded once (loading costs seconds)."""
+    return Predictor.from_saved_model(models[1])
 
 
 @pytest.fixture
@@ -146,7 +154,7 @@ def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
                            f"--saved_model={export_dir}/1", "--json", image,
                            str(folder / "broken.jpg")],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one file failed
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert "error" in lines[1] and "1 images scored, 1 failed" in proc.stderr
     expected = Predictor.from_model(model, NAMES)([open(image, "rb").read()])["scores"][0]
@@ -154,3 +162,88 @@ def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
     for c, name in enumerate(NAMES):
         if expected[c] >= 0.5:
             assert abs(got[name] - expected[c]) < 1e-5
+
+
+def test_errors_say_what_is_wrong_never_a_tf_node(loaded, tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        buf, "JPEG", quality=95)
+    bad = {"cut.jpg": buf.getvalue()[:len(buf.getvalue()) // 2], "abc.png": b"abc",
+           "text.jpg": b"not an image at all", "empty.png": b"",
+           "huge.gif": b"GIF89a" + (20000).to_bytes(2, "little") * 2 + b"\0\0\0;"}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    write_png(tmp_path / "good.png", 1)
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+    results, failures = predict_files(loaded, paths, batch_size=3, out=io.StringIO(),
+                                      progress=None)
+    assert [os.path.basename(r.path) for r in results] == ["good.png"]
+    failed = {os.path.basename(p): e for p, e in failures}
+    assert failed["cut.jpg"].startswith("could not be decoded")
+    assert failed["abc.png"].startswith("is not a JPEG/PNG/GIF/BMP/WebP image: length 3")
+    assert failed["text.jpg"].startswith("is not a JPEG/PNG")
+    assert failed["empty.png"] == "is empty (0 bytes), not an image"
+    assert failed["huge.gif"].startswith("image header declares 400000000 pixels")
+    for error in failed.values():
+        for noise in ("node", "{{", "Op:", "__inference", "input 0", "Graph execution"):
+            assert noise not in error, error
+
+
+def test_exit_code_counts_failures(models, loaded, folder, monkeypatch):
+    _, path = models
+    monkeypatch.setattr(Predictor, "from_saved_model", lambda p: loaded if p == path else None)
+    progress = io.StringIO()
+    good = [str(folder / "img0.png"), str(folder / "img1.png")]
+    assert run(good, saved_model=path, out=io.StringIO(), progress=progress) == 0
+    assert "2 images scored, 0 failed" in progress.getvalue()
+    progress = io.StringIO()
+    code = run(good + [str(folder / "broken.jpg")], saved_model=path, out=io.StringIO(),
+               progress=progress)
+    assert code == 1 and "2 images scored, 1 failed" in progress.getvalue()
+
+
+@pytest.mark.parametrize("target", ["a_file", "a_file/sub"])
+def test_unwritable_draw_folder_fails_at_start(tmp_path, folder, target):
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    draw_dir = str(tmp_path / target)
+    # A saved_model that does not exist: the draw folder is checked before loading it.
+    with pytest.raises(ValueError, match=f"--draw={draw_dir}: cannot write images there"):
+        run([str(folder)], saved_model=str(tmp_path / "missing_model"), draw_dir=draw_dir)
+
+
+class _Recorder:
+    """A stand-in serving function: records the decoded pixels the model would see."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, encoded):
+        n = int(encoded.shape[0])
+        self.seen.extend(decode_image(e).numpy() for e in encoded)
+        return {"scores": tf.fill([n, 3], 0.9), "top_scores": tf.fill([n, 1], 0.9),
+                "top_class_names": tf.fill([n, 1], "person")}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_before_scoring(tmp_path, orientation):
+    from PIL import ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    data = path.read_bytes()
+    assert exif_orientation(data) == orientation
+    # Expected: TF's decode of the stored pixels, turned by Pillow's exif_transpose.
+    reference = Image.fromarray(decode_image(data).numpy())
+    reference.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(reference))
+    recorder = _Recorder()
+    results, failures = predict_files(Predictor(recorder, NAMES, [0.5] * 3), [str(path)],
+                                      out=io.StringIO(), draw_dir=str(tmp_path / "drawn"),
+                                      progress=None)
+    assert len(results) == 1 and not failures
+    np.testing.assert_array_equal(recorder.seen[0], expected)
+    drawn = Image.open(tmp_path / "drawn" / "phone.png")
+    assert drawn.size == (expected.shape[1], expected.shape[0])  # drawn upright too

@@ -100,6 +100,11 @@ def test_rest_errors_come_back_as_error_bodies(loaded):
                                                        "instances": [b64(png(5))]})["error"]
     assert "cannot convert" in handle_rest_request(
         loaded, {"signature_name": "image_tensor", "inputs": [[[[300, 0, 0]]]]})["error"]
+    rgba = handle_rest_request(loaded, {"signature_name": "image_tensor",
+                                        "inputs": [[[[0, 0, 0, 255]] * 2] * 2]})["error"]
+    assert "expected uint8 [N, H, W, 3] (RGB), got shape] [1 2 2 4]" in rgba
+    short = handle_rest_request(loaded, {"instances": [b64(png(5)), b64(b"abc")]})["error"]
+    assert "[input 1] [is not a JPEG/PNG/GIF/BMP/WebP image: length] [3]" in short
 
 
 def test_predict_request_proto_answered_by_the_saved_model(loaded):
