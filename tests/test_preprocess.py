@@ -152,3 +152,16 @@ def test_decode_jpeg_window_region_matches_content(size, ratio):
     col = out[:, -1]  # right of the column edge: the row step alone
     assert abs(_edge_position(row) - (edge_col - x0) / ratio) < 0.25
     assert abs(_edge_position(col) - (edge_row - y0) / ratio) < 0.25
+
+
+@pytest.mark.parametrize("hw", [(300, 400), (64, 64), (17, 64), (63, 20)])
+def test_resize_without_shrinking_equals_the_antialiased_kernel(hw):
+    """No side shrinks: the plain bilinear branch gives the antialiased kernel's values."""
+    img = tf.constant(np.random.default_rng(2).integers(0, 256, hw + (3,), np.uint8))
+    size = max(hw)
+    aa = tf.image.resize(img, [size, size], antialias=True).numpy()
+    np.testing.assert_allclose(resize_image(img, size).numpy(), aa, atol=1e-3)
+    # One side shrinking takes the antialiased branch: the plain kernel would alias.
+    np.testing.assert_allclose(resize_image(img, size - 3).numpy(),
+                               tf.image.resize(img, [size - 3] * 2, antialias=True).numpy(),
+                               atol=1e-3)

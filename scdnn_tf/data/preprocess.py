@@ -152,7 +152,8 @@ def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
     Not keeping the aspect ratio means normalized boxes are unchanged by the resize.
     Bilinear with antialiasing: when shrinking (a 640 px COCO photo to 224) plain
-    bilinear aliases fine texture; when enlarging antialias makes no difference.
+    bilinear aliases fine texture; when enlarging antialias makes no difference (so the
+    faster plain op runs then).
 
     Args:
       image: [H, W, 3] (or [B, H, W, 3]) uint8 or float in [0, 255].
@@ -168,8 +169,14 @@ def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
         # uint8 goes in as is: the resize kernel computes in float32 either way (same
         # result, checked in tests), and a float copy of a full photo costs time.
         image = tf.cast(image, tf.float32)
-    resized = tf.image.resize(image, [image_size, image_size], method="bilinear",
-                              antialias=True)
+    size = [image_size, image_size]
+    hw = tf.shape(image)[-3:-1]
+    # Antialiasing only widens the kernel along sides that shrink; when neither does, the
+    # antialiased kernel is plain bilinear (same values to float rounding, ~1e-5 on the
+    # 0..255 scale, tested), and the plain bilinear op is about twice as fast.
+    resized = tf.cond(tf.reduce_any(hw > image_size),
+                      lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
+                      lambda: tf.image.resize(image, size, method="bilinear"))
     # The triangle kernel has non-negative weights, so values stay in range; the clip only
     # removes float rounding above 255.
     return tf.clip_by_value(resized, 0.0, 255.0)
