@@ -148,12 +148,11 @@ def color_jitter(image, seed, brightness=32.0, contrast=(0.8, 1.25), saturation=
 
 def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0), crop=True,
                        jitter=False, context=None):
-    """Decodes and augments one training image: scale-crop, resize, flip, colour jitter.
+    """Decodes and augments one training image: scale-crop, flip, resize, colour jitter.
 
     The crop window is drawn from the image size alone, so a JPEG is decoded only inside
     the window and DCT-scaled when the output allows it (`preprocess.decode_jpeg_window`);
-    other formats are decoded whole and cropped. Flip and jitter run on the small S x S
-    output (the antialiased resize is mirror-symmetric, so flipping after it is the same).
+    other formats are decoded whole and cropped. Colour jitter runs on the S x S output.
 
     The caller decides `crop` per image: the pipeline turns it off for images whose
     labels are not all backed by boxes (labels-only records), since a crop could cut
@@ -194,8 +193,9 @@ def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0),
 
     image, region, image_hw = tf.cond(preprocess.is_jpeg(encoded), jpeg, other)
     boxes, keep = crop_boxes(boxes, image_hw, region)
-    image = preprocess.resize_image(image, image_size)
+    # Flipping the uint8 crop moves fewer bytes than flipping the float32 output.
     image, boxes = random_flip(image, boxes, flip_seed)
+    image = preprocess.resize_image(image, image_size)
     if jitter:
         image = color_jitter(image, color_seed)
     return image, boxes, keep
