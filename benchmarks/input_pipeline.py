@@ -19,9 +19,11 @@ each image size, all with the same tf.data parallelism (AUTOTUNE) and batch size
                     original version (full decode, flip, crop, float cast, resize)
   after             `make_dataset(training=True)` as it is now
 
-The contenders alternate within each round; a round times `--images` images per
-contender from a fresh iterator after `--warmup` batches; medians over `--rounds`, with
-the 1-minute load average before and after each round.
+The contenders alternate within each round (the order rotates by one each round); a
+round times `--images` images per contender from a fresh iterator after `--warmup`
+batches; medians over `--rounds`, and each ratio as the median over rounds of its
+per-round ratio, with the 1-minute load average before and after each round. Many short
+rounds resist bursts of other jobs on a shared machine better than a few long ones.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SUBSETS = ("coco_mini", "coco_tiny")
 CONTENDERS = ("decode_bilinear", "decode_antialias", "dct_antialias", "training_image",
               "before", "after")
 SCALE_RANGE = (0.5, 1.0)  # make_dataset's default
+RATIOS = (("after", "training_image"), ("after", "before"), ("training_image", "decode_antialias"))
 
 
 def convert_subsets(data_dir: str, output_dir: str) -> int:
@@ -164,18 +167,22 @@ def run(data_dir: str, image_sizes, batch_size: int, rounds: int, images: int,
             datasets = {n: build(n, pattern, size, batch_size) for n in contenders}
             rates = {n: [] for n in contenders}
             loads = []
-            for _ in range(rounds):
+            names = list(datasets)
+            for r in range(rounds):
                 loads.append(os.getloadavg()[0])
-                for name, ds in datasets.items():
-                    rates[name].append(time_round(ds, warmup, batches))
+                # Rotate the order: no contender always follows the same one (a deleted
+                # iterator's last in-flight work, a burst pattern of other jobs).
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    rates[name].append(time_round(datasets[name], warmup, batches))
             loads.append(os.getloadavg()[0])
             entry = {"load_avg_1min": loads, "images_per_s": rates,
                      "median_images_per_s": {n: statistics.median(r) for n, r in rates.items()}}
-            med = entry["median_images_per_s"]
-            if "after" in med and "training_image" in med:
-                entry["after_over_training_image"] = med["after"] / med["training_image"]
-            if "after" in med and "before" in med:
-                entry["after_over_before"] = med["after"] / med["before"]
+            # Ratios paired by round (the contenders of a round share its load), then the
+            # median over rounds: steadier than a ratio of medians when other jobs burst.
+            for num, den in RATIOS:
+                if num in rates and den in rates:
+                    entry[f"{num}_over_{den}"] = statistics.median(
+                        a / b for a, b in zip(rates[num], rates[den]))
             entry["dct_difference"] = dct_difference(pattern, size)
             results["sizes"][str(size)] = entry
     return results
@@ -188,10 +195,12 @@ def print_table(results: dict) -> None:
     for name in names:
         print(f"{name:<18}" + "".join(
             f" | {results['sizes'][s]['median_images_per_s'][name]:>9.1f}" for s in sizes))
-    for key in ("after_over_training_image", "after_over_before"):
+    print("ratios (median over rounds of the per-round ratio):")
+    for num, den in RATIOS:
+        key = f"{num}_over_{den}"
         if key in results["sizes"][sizes[0]]:
-            print(f"{key:<18}"[:18] + "".join(
-                f" | {results['sizes'][s][key]:>9.2f}" for s in sizes) + f"  ({key})")
+            print(f"  {num} / {den}: " + ", ".join(
+                f"{s} px {results['sizes'][s][key]:.2f}" for s in sizes))
     for s, e in results["sizes"].items():
         d = e["dct_difference"]
         if d["dct_scaled_photos"]:
@@ -210,8 +219,8 @@ flags.DEFINE_string("data_dir", None, "The coco_real folder (holding coco_mini/,
 flags.DEFINE_list("image_sizes", ["224", "448"], "Output image sizes.")
 flags.DEFINE_list("contenders", list(CONTENDERS), "Contenders to time.")
 flags.DEFINE_integer("batch_size", 16, "Batch size.")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds (median reported).")
-flags.DEFINE_integer("images", 480, "Images per contender per round.")
+flags.DEFINE_integer("rounds", 15, "Alternating rounds (median reported).")
+flags.DEFINE_integer("images", 192, "Images per contender per round.")
 flags.DEFINE_integer("warmup", 4, "Batches drawn before each timed round.")
 flags.DEFINE_string("output", "input_pipeline.json", "Where to write the JSON results.")
 flags.mark_flag_as_required("data_dir")

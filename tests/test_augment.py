@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 from scdnn_tf.data import augment as aug
-from scdnn_tf.data.preprocess import resize_image
 
 H, W = 60, 90
 RED, BLUE = (255, 0, 0), (0, 0, 255)

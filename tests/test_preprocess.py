@@ -7,8 +7,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scdnn_tf.data.preprocess import (decode_image, decode_jpeg_window, jpeg_ratio, resize_image,
-                                      scaled_window)
+from scdnn_tf.data.preprocess import (
+    decode_image,
+    decode_jpeg_window,
+    jpeg_ratio,
+    resize_image,
+    scaled_window,
+)
 
 RGB = (np.arange(8 * 6 * 3) * 5 % 256).astype(np.uint8).reshape(8, 6, 3)
 
