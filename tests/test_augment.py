@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 from scdnn_tf.data import augment as aug
-from scdnn_tf.data.preprocess import resize_image
 
 H, W = 60, 90
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -64,19 +63,26 @@ def test_sample_crop_window_in_bounds():
         aug.sample_crop_window(60, 90, (0.0, 1.5), tf.constant([1, 2]))
 
 
-def test_augmented_boxes_frame_the_object_pixels():
-    """Through random flip + crop + resize, each kept box still covers its colour."""
+def _encode(img, fmt):
+    return (tf.io.encode_png(img) if fmt == "png" else tf.io.encode_jpeg(img, quality=98)).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_augmented_boxes_frame_the_object_pixels(fmt):
+    """Through random crop + resize + flip, each kept box still covers its colour."""
     img, boxes, colours = _scene()
+    encoded = _encode(img, fmt)
     kept_any, dropped_any, flipped_any = False, False, False
     for s in range(24):
-        out, nboxes, keep = aug.augment(img, boxes, tf.constant([s, 3]), (0.4, 0.9), crop=True)
-        resized = resize_image(out, 64).numpy()
+        out, nboxes, keep = aug.decode_and_augment(encoded, boxes, tf.constant([s, 3]), 64,
+                                                   (0.4, 0.9), crop=True)
+        assert out.shape == (64, 64, 3) and out.dtype == tf.float32
         for box, colour, k in zip(nboxes.numpy(), colours, keep.numpy()):
             if not k:
                 dropped_any = True
                 continue
             kept_any = True
-            inside = _interior(resized, box)
+            inside = _interior(out.numpy(), box)
             if inside.size == 0:
                 continue
             np.testing.assert_allclose(inside.reshape(-1, 3).mean(0), colour, atol=6)
@@ -87,9 +93,12 @@ def test_augmented_boxes_frame_the_object_pixels():
 
 def test_no_crop_keeps_everything():
     img, boxes, _ = _scene()
-    out, nboxes, keep = aug.augment(img, boxes, tf.constant([5, 5]), crop=False)
-    assert out.shape == (H, W, 3) and out.dtype == tf.float32
+    out, nboxes, keep = aug.decode_and_augment(_encode(img, "png"), boxes, tf.constant([5, 5]),
+                                               32, crop=False)
+    assert out.shape == (32, 32, 3) and out.dtype == tf.float32
     assert keep.numpy().all()
+    flipped = aug.flip_left_right(img, boxes)[1].numpy()
+    assert any(np.allclose(nboxes.numpy(), b, atol=1e-6) for b in (boxes, flipped))
 
 
 def test_color_jitter_range_and_determinism():
@@ -100,3 +109,22 @@ def test_color_jitter_range_and_determinism():
     assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 255
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])  # DCT ratios 8, 4, 2 for these crops
+def test_dct_scaled_crop_keeps_boxes_on_the_object(size):
+    """The box stays on the drawn object to within a pixel, through crop + 1/r decode."""
+    h, w = 475, 637  # not multiples of 8: the 1/r image has ceil(side / r) pixels
+    img = np.full((h, w, 3), 128, np.uint8)
+    img[150:330, 203:461] = RED
+    box = np.array([[150 / h, 203 / w, 330 / h, 461 / w]], np.float32)
+    encoded = tf.io.encode_jpeg(img, quality=98).numpy()
+    for s in range(6):
+        out, nbox, keep = aug.decode_and_augment(encoded, box, tf.constant([s, 11]), size,
+                                                 (0.6, 1.0), crop=True)
+        if not keep.numpy()[0]:
+            continue
+        red = (out.numpy()[..., 0] > 191) & (out.numpy()[..., 1] < 64)
+        rows, cols = np.flatnonzero(red.any(1)), np.flatnonzero(red.any(0))
+        drawn = np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.float64)
+        np.testing.assert_allclose(drawn, nbox.numpy()[0] * size, atol=1.0)

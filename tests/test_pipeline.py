@@ -223,3 +223,24 @@ def test_real_coco_photos_batch(coco_real, tmp_path):
         b = batch["boxes"].numpy()[cls >= 0]
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert b.min() >= 0 and b.max() <= 1
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_unaugmented_images_are_the_serving_pixels(tmp_path, training):
+    """Evaluation (and training without augmentation) decode exactly like the SavedModel."""
+    from scdnn_tf.data.preprocess import decode_image, resize_image
+    rng = np.random.default_rng(3)
+    encoded = [tf.io.encode_jpeg(rng.integers(0, 256, (90, 70, 3), np.uint8)).numpy(),
+               tf.io.encode_png(rng.integers(0, 256, (40, 64, 3), np.uint8)).numpy()]
+    examples = [records.build_example(encoded=e, image_format=f, height=1, width=1,
+                                      filename=f"img{i}", source_id=str(i), boxes=[CORNERS[0]],
+                                      classes=[0], class_texts=["0"])
+                for i, (e, f) in enumerate(zip(encoded, ["jpeg", "png"]))]
+    path = _write(tmp_path / "a.tfrecord", examples)
+    ds = make_dataset(path, C, 48, 2, training=training, augment=False, seed=0, repeat=False,
+                      shuffle_buffer=1)
+    got = next(iter(ds))["image"].numpy()
+    served = [resize_image(decode_image(e), 48).numpy() for e in encoded]
+    order = [0, 1] if np.array_equal(got[0], served[0]) else [1, 0]
+    for g, k in zip(got, order):
+        np.testing.assert_array_equal(g, served[k])

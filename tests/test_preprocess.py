@@ -7,7 +7,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scdnn_tf.data.preprocess import decode_image, resize_image
+from scdnn_tf.data.preprocess import (
+    decode_image,
+    decode_jpeg_window,
+    jpeg_ratio,
+    resize_image,
+    scaled_window,
+)
 
 RGB = (np.arange(8 * 6 * 3) * 5 % 256).astype(np.uint8).reshape(8, 6, 3)
 
@@ -102,3 +108,65 @@ def test_resize_keeps_normalized_geometry():
 def test_resize_rejects_bad_size(bad):
     with pytest.raises(ValueError, match="image_size"):
         resize_image(np.zeros((4, 4, 3), np.uint8), bad)
+
+
+def test_resize_uint8_equals_float_input():
+    noisy = np.random.default_rng(1).integers(0, 256, (73, 51, 3), np.uint8)
+    for size in (20, 51, 90):  # shrink, same side, enlarge
+        np.testing.assert_array_equal(resize_image(noisy, size).numpy(),
+                                      resize_image(noisy.astype(np.float32), size).numpy())
+
+
+@pytest.mark.parametrize("crop_hw, size, expected", [
+    ((480, 640), 224, 2), ((447, 640), 224, 1), ((480, 640), 448, 1), ((480, 640), 120, 4),
+    ((480, 640), 60, 8), ((4000, 6000), 224, 8), ((64, 64), 64, 1), ((10, 10), 64, 1)])
+def test_jpeg_ratio_never_needs_upsampling(crop_hw, size, expected):
+    assert int(jpeg_ratio(tf.constant(crop_hw), size)) == expected
+
+
+def test_scaled_window_covers_the_window_and_respects_ceil():
+    hw = tf.constant([475, 637])
+    # Start floors, end ceils: source rows [39, 339) -> 1/8 rows [4, 43) = source [32, 344).
+    np.testing.assert_array_equal(scaled_window([39, 47, 300, 400], 8, hw), [4, 5, 39, 51])
+    np.testing.assert_array_equal(scaled_window([39, 47, 300, 400], 1, hw), [39, 47, 300, 400])
+    # The full image at 1/8 is ceil(475 / 8) x ceil(637 / 8) = 60 x 80.
+    np.testing.assert_array_equal(scaled_window([0, 0, 475, 637], 8, hw), [0, 0, 60, 80])
+    np.testing.assert_array_equal(scaled_window([470, 630, 5, 7], 4, hw), [117, 157, 2, 3])
+
+
+def _edge_position(profile):
+    """Sub-pixel position of a dark-to-bright step in a 1-D profile (count of dark pixels)."""
+    return float(np.sum(1.0 - np.asarray(profile, np.float64) / 255.0))
+
+
+@pytest.mark.parametrize("size, ratio", [(200, 1), (140, 2), (70, 4), (37, 8)])
+def test_decode_jpeg_window_region_matches_content(size, ratio):
+    """The returned region is what the decoded pixels show (edges land where it says)."""
+    h, w, edge_row, edge_col = 475, 637, 203, 301
+    img = np.full((h, w, 3), 255, np.uint8)
+    img[:, :edge_col] = 0
+    img[:edge_row] = 0  # dark above the row edge and left of the column edge
+    encoded = tf.io.encode_jpeg(img, quality=100)
+    window = tf.constant([39, 47, 300, 400])  # offsets not multiples of 2, 4 or 8
+    assert int(jpeg_ratio(window[2:], size)) == ratio
+    out, region = decode_jpeg_window(encoded, window, size)
+    out, (y0, x0, rh, rw) = out.numpy()[..., 0], region.numpy()
+    assert out.shape == (round(rh / ratio), round(rw / ratio))
+    assert y0 <= 39 and x0 <= 47 and y0 + rh >= 339 and x0 + rw >= 447
+    row = out[-1]  # below the row edge: the column step alone
+    col = out[:, -1]  # right of the column edge: the row step alone
+    assert abs(_edge_position(row) - (edge_col - x0) / ratio) < 0.25
+    assert abs(_edge_position(col) - (edge_row - y0) / ratio) < 0.25
+
+
+@pytest.mark.parametrize("hw", [(300, 400), (64, 64), (17, 64), (63, 20)])
+def test_resize_without_shrinking_equals_the_antialiased_kernel(hw):
+    """No side shrinks: the plain bilinear branch gives the antialiased kernel's values."""
+    img = tf.constant(np.random.default_rng(2).integers(0, 256, hw + (3,), np.uint8))
+    size = max(hw)
+    aa = tf.image.resize(img, [size, size], antialias=True).numpy()
+    np.testing.assert_allclose(resize_image(img, size).numpy(), aa, atol=1e-3)
+    # One side shrinking takes the antialiased branch: the plain kernel would alias.
+    np.testing.assert_allclose(resize_image(img, size - 3).numpy(),
+                               tf.image.resize(img, [size - 3] * 2, antialias=True).numpy(),
+                               atol=1e-3)

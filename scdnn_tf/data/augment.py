@@ -1,4 +1,4 @@
-"""Training augmentation that keeps boxes right: flip, scale-crop, colour jitter.
+"""Training augmentation that keeps boxes right: scale-crop, flip, colour jitter.
 
 Pure functions on one image. Randomness is stateless: every random function takes a
 `seed` tensor of shape [2] (int32/int64), so a given seed always gives the same result
@@ -18,6 +18,8 @@ recomputes image labels from what remains (see `pipeline.labels_from_objects`).
 from __future__ import annotations
 
 import tensorflow as tf
+
+from scdnn_tf.data import preprocess
 
 MIN_VISIBLE_FRACTION = 0.5
 
@@ -72,6 +74,34 @@ def sample_crop_window(height, width, scale_range, seed) -> tf.Tensor:
     return tf.stack([y0, x0, ch, cw])
 
 
+def crop_boxes(boxes, image_hw, window, min_visible=MIN_VISIBLE_FRACTION):
+    """Re-expresses boxes in a crop window (the box half of `crop_image_and_boxes`).
+
+    Args:
+      boxes: [N, 4] normalized yxyx in the full image.
+      image_hw: [2] full image height and width in pixels.
+      window: [4] `[y0, x0, crop_height, crop_width]` in pixels of the full image (float
+        allowed: the region a DCT-scaled decode shows can reach past the image edge).
+      min_visible: minimum fraction of a box's area inside the window to keep it.
+
+    Returns:
+      (boxes [N, 4] normalized to the window and clipped to [0, 1], keep [N] bool).
+    """
+    hw = tf.cast(image_hw, tf.float32)
+    window = tf.cast(window, tf.float32)
+    offset = tf.concat([window[:2], window[:2]], axis=0)
+    size = tf.concat([window[2:], window[2:]], axis=0)
+    # Everything in pixels of the full image first, then normalized to the crop.
+    pix = boxes * tf.concat([hw, hw], axis=0)
+    clipped = tf.clip_by_value(pix - offset, 0.0, size)
+    area = (pix[:, 2] - pix[:, 0]) * (pix[:, 3] - pix[:, 1])
+    inter = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    centre = (pix[:, :2] + pix[:, 2:]) / 2.0 - offset[:2]
+    centre_inside = tf.reduce_all((centre >= 0.0) & (centre <= size[:2]), axis=-1)
+    keep = tf.where(area > 0.0, inter >= min_visible * area, centre_inside)
+    return clipped / size, keep
+
+
 def crop_image_and_boxes(image, boxes, window, min_visible=MIN_VISIBLE_FRACTION):
     """Crops the image to `window` and re-expresses the boxes in the crop.
 
@@ -85,22 +115,10 @@ def crop_image_and_boxes(image, boxes, window, min_visible=MIN_VISIBLE_FRACTION)
       (image [h, w, 3], boxes [N, 4] normalized to the crop and clipped to [0, 1],
        keep [N] bool). Boxes with `keep == False` should be discarded by the caller.
     """
-    shape = tf.shape(image)
-    hw = tf.cast(tf.stack([shape[0], shape[1], shape[0], shape[1]]), tf.float32)
     y0, x0, ch, cw = tf.unstack(window, num=4)
-    offset = tf.cast(tf.stack([y0, x0, y0, x0]), tf.float32)
-    size = tf.cast(tf.stack([ch, cw, ch, cw]), tf.float32)
     cropped = tf.image.crop_to_bounding_box(image, y0, x0, ch, cw)
-
-    # Everything in pixels of the full image first, then normalized to the crop.
-    pix = boxes * hw
-    clipped = tf.clip_by_value(pix - offset, 0.0, size)
-    area = (pix[:, 2] - pix[:, 0]) * (pix[:, 3] - pix[:, 1])
-    inter = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    centre = (pix[:, :2] + pix[:, 2:]) / 2.0 - offset[:2]
-    centre_inside = tf.reduce_all((centre >= 0.0) & (centre <= size[:2]), axis=-1)
-    keep = tf.where(area > 0.0, inter >= min_visible * area, centre_inside)
-    return cropped, clipped / size, keep
+    boxes, keep = crop_boxes(boxes, tf.shape(image)[:2], window, min_visible)
+    return cropped, boxes, keep
 
 
 def color_jitter(image, seed, brightness=32.0, contrast=(0.8, 1.25), saturation=(0.8, 1.25),
@@ -128,31 +146,56 @@ def color_jitter(image, seed, brightness=32.0, contrast=(0.8, 1.25), saturation=
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def augment(image, boxes, seed, scale_range=(0.5, 1.0), crop=True, jitter=False):
-    """Flip, then (if `crop`) scale-crop, then (if `jitter`) colour jitter.
+def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0), crop=True,
+                       jitter=False, context=None):
+    """Decodes and augments one training image: scale-crop, flip, resize, colour jitter.
+
+    The crop window is drawn from the image size alone, so a JPEG is decoded only inside
+    the window and DCT-scaled when the output allows it (`preprocess.decode_jpeg_window`);
+    other formats are decoded whole and cropped. Colour jitter runs on the S x S output.
 
     The caller decides `crop` per image: the pipeline turns it off for images whose
     labels are not all backed by boxes (labels-only records), since a crop could cut
     an object out of view without the label knowing.
 
     Args:
-      image: [H, W, 3] uint8.
+      encoded: scalar tf.string, the image file bytes.
       boxes: [N, 4] normalized yxyx.
       seed: [2] stateless seed.
+      image_size: output side S in pixels.
       scale_range: side-fraction range of the crop.
       crop: scalar bool (Python or tensor).
       jitter: Python bool.
+      context: optional scalar string naming the record, for decode errors.
 
     Returns:
-      (image [h, w, 3] float32 in [0, 255], boxes [N, 4], keep [N] bool).
+      (image [S, S, 3] float32 in [0, 255], boxes [N, 4], keep [N] bool).
     """
     flip_seed, crop_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+    def window_for(image_hw):
+        return tf.cond(tf.convert_to_tensor(crop),
+                       lambda: sample_crop_window(image_hw[0], image_hw[1], scale_range,
+                                                  crop_seed),
+                       lambda: tf.stack([0, 0, image_hw[0], image_hw[1]]))
+
+    def jpeg():
+        image_hw = tf.image.extract_jpeg_shape(encoded)[:2]
+        image, region = preprocess.decode_jpeg_window(encoded, window_for(image_hw), image_size)
+        return image, region, image_hw
+
+    def other():
+        image = preprocess.decode_image(encoded, context=context)
+        image_hw = tf.shape(image)[:2]
+        window = window_for(image_hw)
+        image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+        return image, tf.cast(window, tf.float32), image_hw
+
+    image, region, image_hw = tf.cond(preprocess.is_jpeg(encoded), jpeg, other)
+    boxes, keep = crop_boxes(boxes, image_hw, region)
+    # Flipping the uint8 crop moves fewer bytes than flipping the float32 output.
     image, boxes = random_flip(image, boxes, flip_seed)
-    shape = tf.shape(image)
-    full = tf.stack([0, 0, shape[0], shape[1]])
-    window = tf.cond(tf.convert_to_tensor(crop),
-                     lambda: sample_crop_window(shape[0], shape[1], scale_range, crop_seed),
-                     lambda: full)
-    image, boxes, keep = crop_image_and_boxes(image, boxes, window)
-    image = color_jitter(image, color_seed) if jitter else tf.cast(image, tf.float32)
+    image = preprocess.resize_image(image, image_size)
+    if jitter:
+        image = color_jitter(image, color_seed)
     return image, boxes, keep

@@ -140,13 +140,15 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
         # Image labels of classes that have no box (of any kind) in the record.
         unbacked = multi_hot(image_labels, num_classes) * (1.0 - multi_hot(classes, num_classes))
         extra_labels = tf.cast(tf.where(unbacked > 0)[:, 0], tf.int32)
-        image = preprocess.decode_image(ex["encoded"], context=where)
         boxes = ex["boxes"]
         if do_augment:
             crop = tf.logical_and(tf.size(classes) > 0, tf.size(extra_labels) == 0)
-            image, boxes, keep = augment_lib.augment(image, boxes, seed, scale_range, crop,
-                                                     color_jitter)
+            image, boxes, keep = augment_lib.decode_and_augment(
+                ex["encoded"], boxes, seed, image_size, scale_range, crop, color_jitter, where)
         else:
+            # Exactly what the exported SavedModel does to its input (serving.py).
+            image = preprocess.resize_image(preprocess.decode_image(ex["encoded"], where),
+                                            image_size)
             keep = tf.ones_like(classes, tf.bool)
         kept = lambda t: tf.boolean_mask(t, keep)  # noqa: E731
         classes, boxes = kept(classes), kept(boxes)
@@ -159,7 +161,7 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
                     tf.reduce_sum(tf.cast(target, tf.int32)), max_boxes)]):
                 target = tf.identity(target)
         return {
-            "image": preprocess.resize_image(image, image_size),
+            "image": image,
             "boxes": _pad(tf.boolean_mask(boxes, target), max_boxes, 0.0),
             "box_classes": _pad(tf.boolean_mask(classes, target), max_boxes, -1),
             "labels": labels,
