@@ -128,6 +128,16 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             self.seconds += time.perf_counter() - start
 
 
+def format_duration(seconds: float) -> str:
+    """`1h02m`, `4m05s` or `12s` (training time left; evaluations not included)."""
+    seconds = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 class TrainLogger(keras.callbacks.Callback):
     """Every `every` steps: one log line and TensorBoard scalars (losses, lr, images/s).
 
@@ -174,8 +184,10 @@ class TrainLogger(keras.callbacks.Callback):
         # On disk before the log line: a killed run keeps every step it reported.
         self.writer.flush()
         losses = "  ".join(f"{k} {v:.4f}" for k, v in interval.items())
-        logging.info("step %d/%d  %s  lr %.3g  %.1f img/s", step, self.total_steps, losses, lr,
-                     images_per_second)
+        seconds_per_step = (now - self._time) / max(step - self._mark_step, 1)
+        logging.info("step %d/%d  %s  lr %.3g  %.1f img/s  ETA %s", step, self.total_steps,
+                     losses, lr, images_per_second,
+                     format_duration(seconds_per_step * (self.total_steps - step)))
         self._mark, self._time, self._mark_step = (self._batches, means), now, step
 
     def _clock(self) -> float:

@@ -17,6 +17,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging as std_logging  # noqa: E402
 import tempfile  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -56,7 +57,7 @@ def _library_info_filter(record) -> bool:
     """Drops INFO records that TensorFlow / Keras code logs through absl."""
     library = os.sep + "tensorflow" + os.sep in record.pathname or (
         os.sep + "keras" + os.sep in record.pathname)
-    return record.levelno >= logging.WARNING or not library
+    return record.levelno >= std_logging.WARNING or not library
 
 
 import_tensorflow_quietly()

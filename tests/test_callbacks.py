@@ -149,3 +149,8 @@ def test_eval_summaries_hold_metrics_context_ap_and_images(tmp_path):
     assert float(tags["mAP_context"][1]) == pytest.approx(np.mean(metrics["per_class_AP"][:2]))
     assert len(tags["patches"][1]) == 2 + 2  # width, height, then the two encoded images
     assert "AP_context/car" not in tags
+
+
+def test_format_duration():
+    assert [cb.format_duration(s) for s in (0, 12.4, 245, 3720, -3)] == [
+        "0s", "12s", "4m05s", "1h02m", "0s"]

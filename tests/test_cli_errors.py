@@ -1,5 +1,6 @@
 """Expected user errors from the CLIs: one line naming the item, non-zero exit, no traceback."""
 
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,18 @@ def test_converter_errors_are_one_line(tmp_path):
                         f"--image_dir={tmp_path}/images", f"--output_prefix={tmp_path}/out/train",
                         "--num_workers=1")
     assert_one_line_error(code, err, "no image was written")
+
+
+@pytest.mark.slow
+def test_training_console_is_one_line_per_interval_and_nothing_else(tmp_path):
+    data_dir = write_tiny_dataset(tmp_path / "data", num_train=4, num_val=2)
+    code, err = run_cli("scdnn_tf.train", *tiny_flags(data_dir, tmp_path / "run"),
+                        "--train_steps=2", "--strategy=one_device", "--backbone=resnext50_32x4d")
+    assert code == 0, err[-3000:]
+    lines = err.splitlines()
+    # Only the package's own log lines (absl format), nothing from TF / Keras internals:
+    # no start-up notes, no retracing warnings, no UserWarnings.
+    ours = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ (training|callbacks|train)\.py:\d+\] ")
+    assert lines and all(ours.match(line) for line in lines), "\n".join(lines)[-3000:]
+    steps = [line for line in lines if re.search(r"\] step \d+/2 ", line)]
+    assert len(steps) == 2 and all(re.search(r"img/s  ETA \d+s$", s) for s in steps), steps
