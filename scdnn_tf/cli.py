@@ -126,3 +126,15 @@ def run(main) -> None:
             sys.exit(USER_ERROR_EXIT)
 
     app.run(guarded, argv=expand_config_args(sys.argv))
+
+
+def define_model_dir_flag() -> None:
+    """`--model_dir`, as export and predict take it (training defines it in TrainConfig)."""
+    flags.DEFINE_string("model_dir", None, "Training model_dir (config.json, label map, "
+                        "checkpoints).")
+
+
+def define_thresholds_flag() -> None:
+    """`--thresholds`: per-class thresholds json (export and predict)."""
+    flags.DEFINE_string("thresholds", "", "Per-class thresholds json from `evaluate "
+                        "--thresholds_out` (default 0.5 for every class).")

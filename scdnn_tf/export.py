@@ -1,160 +1,27 @@
-"""Export for TF Serving: `python -m scdnn_tf.export --model_dir=... --export_dir=DIR`.
+"""Export CLI: `python -m scdnn_tf.export --model_dir=RUN --export_dir=DIR`.
 
-Writes `DIR/<version>/`, a SavedModel (TF Serving's layout: a new integer version
-directory per export) made with `keras.export.ExportArchive`. Decoding, resizing and
-normalization all happen inside it (see `scdnn_tf/serving.py` for the signatures), so a
-client sends raw JPEG/PNG bytes. The class names travel with the model twice: as the
-asset `assets/label_map.txt` (read by the graph's name table) and through the
-`class_names` signature.
-
-The model is rebuilt from the model_dir's `config.json` and its latest checkpoint by
-`run_dir.restore_for_inference`, which swaps in the EMA weights when the run used them.
+Writes `DIR/<version>/`, a SavedModel for TF Serving (see `scdnn_tf.serving_export`).
 """
 
 from __future__ import annotations
 
-import os
-
 from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
 
-import json
-import shutil
-import tempfile
+from absl import app, flags  # noqa: E402
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
-
-from scdnn_tf.data.label_map import read_label_map
-from scdnn_tf.serving import DEFAULT_MAX_PIXELS, SIGNATURE_NAMES, ServingModule
-
-LABEL_MAP_NAME = "label_map.txt"
-
-
-def next_version(export_dir: str) -> int:
-    """1 + the largest integer-named subdirectory of `export_dir` (1 when there is none)."""
-    if not os.path.isdir(export_dir):
-        return 1
-    versions = [int(n) for n in os.listdir(export_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(export_dir, n))]
-    return max(versions, default=0) + 1
-
-
-def read_thresholds(path: str, class_names: list[str]) -> np.ndarray:
-    """Per-class thresholds from `evaluate --thresholds_out` json, in `class_names` order.
-
-    The file is {"classes": [names], "thresholds": [floats]}; it is matched by name, so a
-    file listing the same classes in another order still gives the right thresholds.
-
-    Returns:
-      float32 [C] in [0, 1].
-
-    Raises:
-      ValueError: malformed file, values outside [0, 1], or class names differing from the
-        model's (the differences are named).
-    """
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or "classes" not in data or "thresholds" not in data:
-        raise ValueError(f"thresholds file {path}: expected a json object with 'classes' and "
-                         "'thresholds' (written by `scdnn_tf.evaluate --thresholds_out`)")
-    names, values = list(data["classes"]), list(data["thresholds"])
-    if len(names) != len(values):
-        raise ValueError(f"thresholds file {path}: {len(names)} classes but {len(values)} "
-                         "thresholds")
-    missing = sorted(set(class_names) - set(names))
-    extra = sorted(set(names) - set(class_names))
-    if missing or extra:
-        raise ValueError(f"thresholds file {path} does not match the model's label map: "
-                         f"missing {missing[:10]}, unknown {extra[:10]}")
-    by_name = dict(zip(names, values))
-    thresholds = np.array([float(by_name[n]) for n in class_names], np.float32)
-    bad = [n for n, t in zip(class_names, thresholds) if not 0.0 <= t <= 1.0]
-    if bad:
-        raise ValueError(f"thresholds file {path}: thresholds outside [0, 1] for {bad[:10]}")
-    return thresholds
-
-
-def export_saved_model(model, class_names, export_dir: str, thresholds=None, top_k: int = 5,
-                       version: int | None = None,
-                       max_image_pixels: int = DEFAULT_MAX_PIXELS) -> str:
-    """Writes `model` as a TF Serving SavedModel in `export_dir/<version>`.
-
-    Args:
-      model: a built SCDNN or BaselineClassifier (`model(images)["logits"]` on float32
-        [B,S,S,3] in [0,255]; `model.image_size` is S).
-      class_names: C names, in the model's class order.
-      export_dir: the model's base directory (TF Serving's `--model_base_path`).
-      thresholds: None (0.5 for every class) or [C] per-class thresholds.
-      top_k: K of the `top_*` outputs (clamped to C).
-      version: version directory; default `next_version(export_dir)`.
-      max_image_pixels: larger images (height * width) are refused by the signatures.
-
-    Returns:
-      The written directory `export_dir/<version>`.
-
-    Raises:
-      FileExistsError: the version directory exists already.
-    """
-    import keras  # noqa: PLC0415 (keep `--help` fast)
-
-    version = next_version(export_dir) if version is None else int(version)
-    if version < 0:
-        raise ValueError(f"version must be >= 0, got {version}")
-    target = os.path.join(export_dir, str(version))
-    if os.path.exists(target):
-        raise FileExistsError(f"{target} exists already; pick another --version")
-    os.makedirs(export_dir, exist_ok=True)
-    # Write next to the target, then rename: TF Serving polls export_dir and must never
-    # see a half-written version.
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
-    try:
-        module = ServingModule(model, class_names, thresholds, top_k, max_image_pixels,
-                               label_map_dir=staging)
-        archive = keras.export.ExportArchive()
-        # Not `archive.track(model)`: the endpoints' variables are tracked automatically,
-        # and walking the model fails on FPN's int-keyed layer dict (a SavedModel limit).
-        archive.track(module.class_table)  # its label map file becomes assets/label_map.txt
-        for name in SIGNATURE_NAMES:
-            archive.add_endpoint(name, module.functions[name])
-        out = os.path.join(staging, "model")
-        archive.write_out(out, verbose=False)
-        os.rename(out, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logging.info("exported %s (signatures %s)", target, ", ".join(SIGNATURE_NAMES))
-    return target
-
-
-def load_from_model_dir(model_dir: str):
-    """The latest checkpoint of a training model_dir (EMA weights in place) and its names.
-
-    Returns:
-      (model, class_names, checkpoint path).
-    """
-    from scdnn_tf import run_dir  # noqa: PLC0415 (heavy; only the CLIs need it)
-    from scdnn_tf.train_config import TrainConfig  # noqa: PLC0415
-
-    config = TrainConfig.read(model_dir)
-    config.model_dir = model_dir  # the directory may have moved since training
-    class_names = read_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME))
-    # The default strategy: plain variables, which ExportArchive can save.
-    model, _, checkpoint = run_dir.restore_for_inference(config, len(class_names),
-                                                          tf.distribute.get_strategy())
-    return model, class_names, checkpoint
-
+from scdnn_tf.serving import DEFAULT_MAX_PIXELS  # noqa: E402
+from scdnn_tf.serving_export import (  # noqa: E402
+    export_saved_model, load_from_model_dir, read_thresholds)
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("model_dir", None, "Training model_dir (config.json, label map, "
-                        "checkpoints).")
+    cli.define_model_dir_flag()
     flags.DEFINE_string("export_dir", None, "Base directory; the SavedModel goes to "
                         "EXPORT_DIR/<version>.")
     flags.DEFINE_integer("version", None, "Version directory (default: next integer).")
-    flags.DEFINE_string("thresholds", "", "Per-class thresholds json from `evaluate "
-                        "--thresholds_out` (default 0.5 for every class).")
+    cli.define_thresholds_flag()
     flags.DEFINE_integer("top_k", 5, "Classes in the top_* outputs.")
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_PIXELS, "Images with more pixels "
                          "(height * width) are refused with an error.")

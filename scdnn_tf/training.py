@@ -41,7 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf import callbacks as callbacks_lib
-from scdnn_tf import evaluate, preemption, run_dir, run_lock, tensorboard_summaries, train_loop
+from scdnn_tf import evaluation, preemption, run_dir, run_lock, tensorboard_summaries, train_loop
 from scdnn_tf import visualize
 from scdnn_tf.data import record_checks, shapes
 from scdnn_tf.data.label_map import read_label_map, write_label_map
@@ -117,11 +117,11 @@ def make_evaluate_fn(config, model, strategy, class_names, writer):
     """fn(step) -> metrics: scores the validation set, writes eval summaries, logs a line."""
     dataset = run_dir.make_eval_dataset(config, len(class_names), class_names)
     context_classes = _context_classes()
-    predictor = evaluate.Predictor(model, strategy, config.global_batch_size)
+    predictor = evaluation.Predictor(model, strategy, config.global_batch_size)
 
     def evaluate_fn(step: int) -> dict:
         predictions = predictor.predict_dataset(dataset)
-        metrics = evaluate.compute_metrics(predictions, config.eval_threshold)
+        metrics = evaluation.compute_metrics(predictions, config.eval_threshold)
         drawn = None
         if config.num_eval_images:
             samples = predictor.sample_outputs(dataset, config.num_eval_images)

@@ -7,6 +7,9 @@ scores are written in the top-left corner. Boxes are `[ymin, xmin, ymax, xmax]` 
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -130,3 +133,39 @@ def draw_batch(images, outputs: dict, class_names, k: int = 3, **kwargs) -> np.n
         drawn.append(draw_patches(images[b], labels=top_labels(outputs["scores"][b], class_names, k),
                                   **extra, **kwargs))
     return np.stack(drawn)
+
+
+class PatchImageWriter:
+    """Writes OUTDIR/<file stem>.png (a numeric suffix when two inputs share a stem).
+
+    Raises:
+      ValueError: OUTDIR cannot be created or written (checked by writing a file, at
+        start, not after the first batch).
+    """
+
+    def __init__(self, out_dir: str):
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as e:
+            raise ValueError(f"--draw={out_dir}: cannot write images there: "
+                             f"{e.strerror or e}") from e
+        self.out_dir, self.used = out_dir, set()
+
+    def __call__(self, encoded: bytes, result) -> None:
+        """Draws `result` (a prediction.Result: labels, patches) on the decoded image."""
+        from scdnn_tf.data.preprocess import decode_image  # noqa: PLC0415
+
+        image = decode_image(encoded).numpy()
+        boxes = [p["box"] for p in result.patches] or None
+        drawn = draw_patches(
+            image, boxes, [p["context_box"] for p in result.patches] or None,
+            [p["score"] for p in result.patches] or None, labels=result.labels[:5],
+            line_width=max(1, max(image.shape[:2]) // 300))
+        stem = os.path.splitext(os.path.basename(result.path))[0]
+        name, k = stem, 1
+        while name in self.used:
+            name, k = f"{stem}_{k}", k + 1
+        self.used.add(name)
+        Image.fromarray(drawn).save(os.path.join(self.out_dir, name + ".png"))

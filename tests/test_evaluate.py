@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scdnn_tf import evaluate
+from scdnn_tf import evaluation as evaluate
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.run_dir import make_strategy
 from scdnn_tf.training import run_training

@@ -16,7 +16,7 @@ from PIL import Image
 
 from scdnn_tf.data.preprocess import decode_image, resize_image
 from scdnn_tf.data.records import build_example
-from scdnn_tf.export import export_saved_model, next_version, read_thresholds
+from scdnn_tf.serving_export import export_saved_model, next_version, read_thresholds
 from scdnn_tf.modeling.scdnn import SCDNN
 from scdnn_tf.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
 from scdnn_tf.serving import postprocess

@@ -142,22 +142,6 @@ def test_best_thresholds_maximize_f1(decimals):
         assert out["per_class_F1"][c] == pytest.approx(_f1_at(y[:, c], s[:, c], m[:, c], best[c]))
 
 
-def test_accumulator_equals_one_shot():
-    y, s, w = _random_case(seed=3, n=53, decimals=2)
-    w[:20] = 1  # first batches passed without weights (= all ones)
-    acc = M.MultilabelAccumulator()
-    for start, stop in [(0, 7), (7, 20), (20, 21), (21, 53)]:
-        acc.update(y[start:stop], s[start:stop], None if stop <= 20 else w[start:stop])
-    assert acc.num_images == 53
-    for threshold in (0.5, 0.7):
-        got, want = acc.result(threshold), M.multilabel_metrics(y, s, threshold, w)
-        assert got.keys() == want.keys()
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12, err_msg=k)
-    acc.reset()
-    assert acc.num_images == 0
-
-
 def test_format_metrics_table():
     m = M.multilabel_metrics(Y, S)
     text = M.format_metrics_table(m, ["cat", "dog", "giraffe", "zebra"], sort_by_ap=True)
@@ -186,15 +170,6 @@ def test_bad_input(args, pattern):
         M.multilabel_metrics(*args)
 
 
-def test_accumulator_bad_input():
-    acc = M.MultilabelAccumulator()
-    with pytest.raises(ValueError, match="before any update"):
-        acc.result()
-    acc.update(Y, S)
-    with pytest.raises(ValueError, match="batch has 3 classes"):
-        acc.update(Y[:, :3], S[:, :3])
-
-
 def _confident_case(seed=0, n=80, c=5):
     """Logits in [17, 25]: every float32 sigmoid is exactly 1.0, the logits are distinct."""
     rng = np.random.default_rng(seed)
@@ -215,10 +190,6 @@ def test_confident_logits_match_sklearn_where_float32_sigmoid_ties():
     # The tied probabilities give each class its prevalence as AP: clearly lower.
     tied = M.multilabel_metrics(y, saturated)["mAP"]
     assert tied < m["mAP"] - 0.05
-    acc = M.MultilabelAccumulator(from_logits=True)
-    acc.update(y[:30], logits[:30])
-    acc.update(y[30:], logits[30:])
-    assert acc.result()["mAP"] == m["mAP"]
 
 
 def test_confident_top3_does_not_depend_on_class_order():

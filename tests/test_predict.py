@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scdnn_tf.export import export_saved_model
+from scdnn_tf.serving_export import export_saved_model
 from scdnn_tf.modeling.scdnn import SCDNN
 from scdnn_tf.data.preprocess import decode_image
-from scdnn_tf.predict import (Predictor, Result, exif_orientation, list_images, make_result,
-                              predict_files, run)
+from scdnn_tf.data.orientation import exif_orientation
+from scdnn_tf.prediction import (Predictor, Result, list_images, make_result, predict_files,
+                                 run_prediction)
 
 NAMES = ["person", "car", "backpack"]
 THRESHOLDS = [0.0, 0.5, 1.0]  # person always, backpack never: deterministic label lists
@@ -194,10 +195,10 @@ def test_exit_code_counts_failures(models, loaded, folder, monkeypatch):
     monkeypatch.setattr(Predictor, "from_saved_model", lambda p: loaded if p == path else None)
     progress = io.StringIO()
     good = [str(folder / "img0.png"), str(folder / "img1.png")]
-    assert run(good, saved_model=path, out=io.StringIO(), progress=progress) == 0
+    assert run_prediction(good, saved_model=path, out=io.StringIO(), progress=progress) == 0
     assert "2 images scored, 0 failed" in progress.getvalue()
     progress = io.StringIO()
-    code = run(good + [str(folder / "broken.jpg")], saved_model=path, out=io.StringIO(),
+    code = run_prediction(good + [str(folder / "broken.jpg")], saved_model=path, out=io.StringIO(),
                progress=progress)
     assert code == 1 and "2 images scored, 1 failed" in progress.getvalue()
 
@@ -208,7 +209,7 @@ def test_unwritable_draw_folder_fails_at_start(tmp_path, folder, target):
     draw_dir = str(tmp_path / target)
     # A saved_model that does not exist: the draw folder is checked before loading it.
     with pytest.raises(ValueError, match=f"--draw={draw_dir}: cannot write images there"):
-        run([str(folder)], saved_model=str(tmp_path / "missing_model"), draw_dir=draw_dir)
+        run_prediction([str(folder)], saved_model=str(tmp_path / "missing_model"), draw_dir=draw_dir)
 
 
 class _Recorder:
