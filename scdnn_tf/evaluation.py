@@ -23,6 +23,8 @@ from absl import logging
 from scdnn_tf import metrics as metrics_lib
 from scdnn_tf import run_dir
 from scdnn_tf.data.label_map import read_label_map
+from scdnn_tf.data.pipeline import count_records
+from scdnn_tf.progress import Progress
 from scdnn_tf.train_config import TrainConfig
 
 _OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
@@ -94,8 +96,13 @@ class Predictor:
         # gather: all replicas (and all workers under multi_worker_mirrored), in order.
         return {k: self.strategy.gather(v, axis=0) for k, v in per_replica.items()}
 
-    def predict_dataset(self, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
+    def predict_dataset(self, dataset: tf.data.Dataset,
+                        progress: Progress | None = None) -> dict[str, np.ndarray]:
         """Scores a finite dataset of pipeline batches (batch size <= global_batch_size).
+
+        Args:
+          dataset: batches from `make_dataset(training=False)`.
+          progress: optional `Progress`, advanced by the images of each batch.
 
         Returns:
           numpy dict over all images, in dataset order: `logits` [N,C] float32 (what
@@ -108,6 +115,8 @@ class Predictor:
             result = {k: v.numpy() for k, v in self._step(batch).items()}
             for key in parts:
                 parts[key].append(result[key][result["valid"].astype(bool)])
+            if progress is not None:
+                progress.update(int(result["valid"].sum()))
         if not parts["logits"]:
             raise ValueError("the evaluation dataset is empty")
         out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -188,7 +197,9 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     model, _, checkpoint_path = run_dir.restore_for_inference(config, len(class_names), strategy)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
     dataset = run_dir.make_eval_dataset(config, len(class_names), class_names)
-    predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(dataset)
+    with Progress(count_records(config.eval_pattern), "evaluating", unit="images") as bar:
+        predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(
+            dataset, progress=bar)
     metrics = compute_metrics(predictions, config.eval_threshold)
     print(metrics_lib.format_metrics_table(metrics, class_names))
     result = metrics_to_json(metrics, class_names)
