@@ -1,6 +1,6 @@
 """Multi-label classification metrics (NumPy): mAP, CP/CR/CF1, OP/OR/OF1 and top-3 variants.
 
-Conventions (see README, "Evaluation metrics", for the full text):
+Conventions (docs/metrics.md has the full text):
   * All values are fractions in [0, 1]; printing code (`format_metrics_table`) shows x100.
   * AP is non-interpolated, identical to `sklearn.metrics.average_precision_score` (tied
     scores form one threshold). mAP and every per-class mean (CP, CR, CF1_mean) run over
