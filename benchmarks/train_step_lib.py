@@ -169,8 +169,8 @@ def pipeline_images_per_s(pattern, size, batch_size, repeats, batches=20) -> flo
 
 def coco_pipeline_images_per_s(coco_dir, size, batch_size, repeats, batches=20) -> float:
     """Same on the real COCO photos, converted to a temporary folder first."""
-    from benchmarks.input_pipeline import write_coco_records  # noqa: PLC0415
+    from benchmarks.input_pipeline import convert_subsets  # noqa: PLC0415 (the converter)
     with tempfile.TemporaryDirectory() as tmp:
-        write_coco_records(coco_dir, ["coco_mini", "coco_tiny"], tmp)
+        convert_subsets(coco_dir, tmp)
         return pipeline_images_per_s(os.path.join(tmp, "*.tfrecord"), size, batch_size,
                                      repeats, batches)
