@@ -243,3 +243,63 @@ def test_two_workers_match_single_process(tmp_path):
     assert tf.train.latest_checkpoint(multi_dir).endswith(f"ckpt-{STEPS}")
     assert sorted(n for n in os.listdir(multi_dir) if "ckpt" in n) == [
         f"ckpt-{STEPS}.data-00000-of-00001", f"ckpt-{STEPS}.index"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_restart_continues(tmp_path):
+    import re  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from helpers import write_tiny_dataset  # noqa: PLC0415
+
+    data_dir = write_tiny_dataset(str(tmp_path / "data"), num_train=16, num_val=2)
+    model_dir = str(tmp_path / "run")
+    ports = [free_port() for _ in range(WORKERS)]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    command = [sys.executable, "-m", "scdnn_tf.train", *tiny_flags(data_dir, model_dir),
+               "--strategy=multi_worker_mirrored", "--train_steps=40",
+               "--checkpoint_every=1000"]
+
+    def launch(round_):
+        procs = []
+        for w in range(WORKERS):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": w}})
+            log_path = str(tmp_path / f"r{round_}w{w}.log")
+            with open(log_path, "wb") as log:
+                procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                               cwd=REPO_ROOT, env=child_env(TF_CONFIG=tf_config)),
+                              log_path))
+        return procs
+
+    procs = launch(0)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(re.findall(r"step \d+/40 ", read_log(procs[0][1]))) < 3:
+            assert time.monotonic() < deadline and procs[0][0].poll() is None, (
+                read_log(procs[0][1])[-3000:])
+            time.sleep(0.05)
+        procs[1][0].send_signal(signal.SIGTERM)  # only the non-chief is preempted
+        codes = [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert codes == [143, 143], [read_log(p)[-2000:] for _, p in procs]
+    stopped = [int(re.search(r"stopped by SIGTERM after step (\d+)", read_log(p)).group(1))
+               for _, p in procs]
+    assert stopped[0] == stopped[1] and 3 <= stopped[0] < 40, stopped
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{stopped[0]}")
+
+    procs = launch(1)
+    try:
+        codes = [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert codes == [0, 0], [read_log(p)[-2000:] for _, p in procs]
+    assert f"starting at step {stopped[0]} of 40" in read_log(procs[0][1])
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-40")
