@@ -48,6 +48,7 @@ from scdnn_tf.data.label_map import read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.train_config import ARCHITECTURE_FIELDS, TrainConfig
 
+
 def _train_dataset(config, class_names, strategy, seed, truncation=None):
     num_classes = len(class_names)
     class_id_map = run_dir.read_class_id_map(config.class_id_map)
@@ -83,17 +84,10 @@ def check_and_write_run_files(config: TrainConfig, class_names: list[str]) -> No
     flags.txt, config.json and the label map. Call with the model_dir lock held."""
     if os.path.isfile(os.path.join(config.model_dir, "config.json")):
         previous = TrainConfig.read(config.model_dir)
-        for name in ARCHITECTURE_FIELDS:
-            if getattr(previous, name) != getattr(config, name):
-                raise ValueError(f"--{name}={getattr(config, name)!r} differs from "
-                                 f"{getattr(previous, name)!r} of the run in --model_dir="
-                                 f"{config.model_dir!r}; use a new model_dir")
-        for name in run_dir.RESUME_FIXED_FIELDS:
-            if getattr(previous, name) != getattr(config, name):
-                raise ValueError(f"--{name}={getattr(config, name)!r} differs from "
-                                 f"{getattr(previous, name)!r} of the run in --model_dir="
-                                 f"{config.model_dir!r}: its optimizer state cannot carry "
-                                 "over; keep the flag or use a new model_dir")
+        _refuse_changes(previous, config, ARCHITECTURE_FIELDS, "use a new model_dir")
+        _refuse_changes(previous, config, run_dir.RESUME_FIXED_FIELDS,
+                        "its optimizer state cannot carry over; keep the flag or use a new "
+                        "model_dir")
         for name in run_dir.RESUME_CHANGEABLE_FIELDS:
             if getattr(previous, name) != getattr(config, name):
                 logging.info("--%s changes from %r to %r on resume: the weights and the "
@@ -105,6 +99,14 @@ def check_and_write_run_files(config: TrainConfig, class_names: list[str]) -> No
                              f"the run in --model_dir={config.model_dir!r}")
     config.write(config.model_dir)
     write_label_map(os.path.join(config.model_dir, run_dir.LABEL_MAP_NAME), class_names)
+
+
+def _refuse_changes(previous: TrainConfig, config: TrainConfig, names, advice: str) -> None:
+    for name in names:
+        if getattr(previous, name) != getattr(config, name):
+            raise ValueError(f"--{name}={getattr(config, name)!r} differs from "
+                             f"{getattr(previous, name)!r} of the run in --model_dir="
+                             f"{config.model_dir!r}: {advice}")
 
 
 def _context_classes() -> tuple[str, ...]:
