@@ -62,7 +62,8 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
     if weights == "imagenet" and name != "resnet50":
         raise ValueError(
             f"weights='imagenet' is only downloadable for resnet50; for {name!r} convert a "
-            f"timm/torchvision checkpoint with scdnn-convert-weights (docs/weights.md) "
+            f"timm/torchvision checkpoint with scdnn-convert-weights (python -m "
+            f"data_tools.convert_weights; docs/weights.md) "
             f"and pass the .weights.h5 path, or pass hf-hub:timm/<name> (e.g. "
             f"hf-hub:timm/resnext101_32x8d.tv_in1k)")
     if hub_weights.is_hub_spec(weights):
