@@ -20,9 +20,9 @@ Parts (all measured in one process, repeats interleaved, medians reported):
 Batches are synthetic and fixed (random pixels; 1..8 valid boxes per image padded to 100,
 as the input pipeline pads), so only compute is timed. Model settings: configs/demo.flags
 for `small`, the paper defaults (FPN 256, FC 1024, 64 train patches) otherwise.
-`scdnn_light` is the lighter option, not the default: `min_level=3` (no stride-4
-pyramid level: no P2 smoothing, dense head or crops) and, for large backbones, a
-128-channel pyramid.
+`scdnn_light` is the lighter option, not the default, derived as configs/coco_light.flags
+is from coco.flags: `min_level=3` (no stride-4 pyramid level: no P2 smoothing, dense head
+or crops), half the pyramid channels and the three largest anchor sizes.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from scdnn_tf.modeling.scdnn import SCDNN
 # configs/demo.flags for the `small` backbone; SCDNN's (paper) defaults otherwise.
 DEMO_SCDNN = dict(fpn_channels=64, fc_units=256, anchor_sizes=(16, 32, 64, 128),
                   num_patches=16, num_train_patches=32)
-# The lighter option (not the default): no stride-4 pyramid level, and for the
-# large backbones a 128-channel pyramid. Anchor sizes: the first three of the default's.
+# The lighter option (not the default), as configs/coco_light.flags derives from
+# coco.flags: no stride-4 pyramid level, half the pyramid channels, the three largest
+# anchor sizes (one per level P3..P5).
 LIGHT_SCDNN = dict(min_level=3)
-LIGHT_FPN_CHANNELS = 128
 MAX_BOXES = 100  # the input pipeline's default padding
 
 
@@ -61,14 +61,14 @@ def build_scdnn(backbone: str, size: int, num_classes: int, xla: bool = False,
                 light: bool = False) -> SCDNN:
     """SCDNN (demo settings for `small`); XLA needs the gather crop backend.
 
-    light: P3..P5 only (`min_level=3`), and a 128-channel pyramid for large backbones.
+    light: P3..P5 only (`min_level=3`), half the channels, the three largest anchors
+    (demo: 32 channels, anchors 32/64/128; paper settings: 128, 64/128/256).
     """
     kwargs = dict(DEMO_SCDNN) if backbone == "small" else {}
     if light:
         sizes = kwargs.get("anchor_sizes", (32, 64, 128, 256))
-        kwargs.update(LIGHT_SCDNN, anchor_sizes=sizes[:3])
-        if backbone != "small":
-            kwargs["fpn_channels"] = LIGHT_FPN_CHANNELS
+        kwargs.update(LIGHT_SCDNN, anchor_sizes=sizes[1:],
+                      fpn_channels=kwargs.get("fpn_channels", 256) // 2)
     if xla:  # passed only when needed, so this also runs against older SCDNN versions
         kwargs["crop_backend"] = "gather"
     model = SCDNN(num_classes, backbone=backbone, image_size=size, **kwargs)
@@ -124,9 +124,9 @@ def _profiled_flops(fn, *args) -> float:
     return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
 
 
-def _predictor_flops(model, batch) -> float:
+def _predictor_flops(model, batch, training=True) -> float:
     """FLOPs of SCDNN's label predictors on the batch's valid patches (dynamic count)."""
-    outputs = model(batch, training=True)
+    outputs = model(batch, training=training)
     patches = float(tf.reduce_sum(tf.cast(outputs["patch_valid"], tf.float32)))
     flat = model.crop_size**2 * model.fpn_channels
     per_patch = 2.0 * (flat * model.fc_units + model.fc_units**2 +
@@ -145,6 +145,14 @@ def forward_flops(model, batch) -> float:
     flops = _profiled_flops(lambda x: model(x, training=True), batch)
     if isinstance(model, SCDNN) and getattr(model, "crop_backend", None) == "tf_image":
         flops += _predictor_flops(model, batch)
+    return flops
+
+
+def inference_flops(model, images) -> float:
+    """Forward FLOPs of one inference-mode call on `images`, counted as forward_flops."""
+    flops = _profiled_flops(lambda x: model(x, training=False), images)
+    if isinstance(model, SCDNN) and getattr(model, "crop_backend", None) == "tf_image":
+        flops += _predictor_flops(model, images, training=False)
     return flops
 
 
