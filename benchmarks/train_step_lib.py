@@ -27,6 +27,16 @@ LIGHT_SCDNN = dict(min_level=3)
 MAX_BOXES = 100  # the input pipeline's default padding
 
 
+def parse_config(text: str) -> tuple[str, int, int]:
+    """'small@128x16' -> ('small', 128, 16)."""
+    try:
+        backbone, rest = text.split("@")
+        size, batch = rest.split("x")
+        return backbone, int(size), int(batch)
+    except ValueError as e:
+        raise ValueError(f"--configs entry {text!r} must look like small@128x16") from e
+
+
 def synthetic_batch(batch_size: int, image_size: int, num_classes: int, max_boxes=MAX_BOXES,
                     seed: int = 0) -> dict:
     """A fixed pipeline-shaped batch: 1..8 valid boxes (10-40% of the side) per image."""
