@@ -10,7 +10,8 @@ proposals, 512 sampled RoIs per image, multilevel RoIAlign) runs in its own venv
 process (`peer_faster_rcnn_mg.py`) that holds two variants: the 2-FC box head
 (`num_convs=0, num_fcs=2, fc_dims=1024`: SCDNN's label predictors are 2-FC too) and its
 default head (4 conv + 1 FC, for reference). Random init, float32, 80 classes (81 with
-background), one synthetic batch per side with the same 1..8 boxes per image.
+background), one synthetic batch per side with the same 1..8 boxes per image; SGD with
+momentum on both sides (their recipe's optimizer and configs/coco.flags').
 
 After one warm-up call of each, every round times one train step and one inference call
 of each contender, in an order that rotates every round; the child times its own calls
@@ -32,6 +33,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -91,7 +93,9 @@ def _timed_once(stepper) -> float:
 
 def build_scdnn_side(batch, image_size, num_classes):
     """SCDNN steppers (warmed up) and its forward FLOPs, training and inference mode."""
-    model = lib.build_scdnn("resnet50", image_size, num_classes)
+    # SGD with momentum, as configs/coco.flags and as Model Garden's Faster R-CNN recipe.
+    model = lib.build_scdnn("resnet50", image_size, num_classes,
+                            optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     train, infer = lib.train_stepper(model, batch), lib.inference_stepper(model, batch["image"])
     train(), infer()  # trace
     flops = {"train_forward_gflop": lib.forward_flops(model, batch) / 1e9,

@@ -23,10 +23,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+import tensorflow as tf
+from absl import app, flags
 
-from benchmarks import train_step_lib as lib  # noqa: E402
+from benchmarks import train_step_lib as lib
 
 flags.DEFINE_string("config", "resnet50@448x2", "backbone@size x batch.")
 flags.DEFINE_integer("rounds", 5, "Timed rounds (one call of each prefix per round).")

@@ -49,7 +49,7 @@ def _rss_mb() -> float:
 
 def run_child(backbone, size, batch_size, steps, num_classes) -> dict:
     """Builds, times and counts one config in this process."""
-    from benchmarks import train_step_lib as lib  # noqa: PLC0415 (TF only in children)
+    from benchmarks import train_step_lib as lib
     model = lib.build_scdnn(backbone, size, num_classes)
     batch = lib.synthetic_batch(batch_size, size, num_classes)
     stepper = lib.train_stepper(model, batch)

@@ -61,16 +61,17 @@ def set_policy(mixed: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
 
 
-def _compile(model, size, xla):
+def _compile(model, size, xla, optimizer=None):
     model(tf.zeros([1, size, size, 3]), training=False)  # build the variables
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=xla)
+    model.compile(optimizer=optimizer or keras.optimizers.AdamW(1e-3), jit_compile=xla)
     return model
 
 
 def build_scdnn(backbone: str, size: int, num_classes: int, xla: bool = False,
-                light: bool = False) -> SCDNN:
+                light: bool = False, optimizer=None) -> SCDNN:
     """SCDNN (demo settings for `small`); XLA needs the gather crop backend.
 
+    optimizer: a Keras optimizer (default AdamW).
     light: P3..P5 only (`min_level=3`), half the channels, the three largest anchors
     (demo: 32 channels, anchors 32/64/128; paper settings: 128, 64/128/256).
     """
@@ -82,7 +83,7 @@ def build_scdnn(backbone: str, size: int, num_classes: int, xla: bool = False,
     if xla:  # passed only when needed, so this also runs against older SCDNN versions
         kwargs["crop_backend"] = "gather"
     model = SCDNN(num_classes, backbone=backbone, image_size=size, **kwargs)
-    return _compile(model, size, xla)
+    return _compile(model, size, xla, optimizer)
 
 
 def build_baseline(backbone: str, size: int, num_classes: int, xla: bool = False):
