@@ -20,9 +20,9 @@ Parts (all measured in one process, repeats interleaved, medians reported):
 Batches are synthetic and fixed (random pixels; 1..8 valid boxes per image padded to 100,
 as the input pipeline pads), so only compute is timed. Model settings: configs/demo.flags
 for `small`, the paper defaults (FPN 256, FC 1024, 64 train patches) otherwise.
-`scdnn_light` is the lighter option, not the default: `min_level=3` (no stride-4
-pyramid level: no P2 smoothing, dense head or crops) and, for large backbones, a
-128-channel pyramid.
+`scdnn_light` is the lighter option, not the default, derived as configs/coco_light.flags
+is from coco.flags: `min_level=3` (no stride-4 pyramid level: no P2 smoothing, dense head
+or crops), half the pyramid channels and the three largest anchor sizes.
 """
 
 from __future__ import annotations
@@ -57,21 +57,11 @@ flags.DEFINE_string("json_out", "train_step.json", "Where to write the results."
 FLAGS = flags.FLAGS
 
 
-def parse_config(text: str) -> tuple[str, int, int]:
-    """'small@128x16' -> ('small', 128, 16)."""
-    try:
-        backbone, rest = text.split("@")
-        size, batch = rest.split("x")
-        return backbone, int(size), int(batch)
-    except ValueError as e:
-        raise ValueError(f"--configs entry {text!r} must look like small@128x16") from e
-
-
 def run_ratio_and_flops(configs, num_classes, repeats, steps, with_flops) -> dict:
     """SCDNN vs baseline step per config (+ FLOP/s vs matmul when asked)."""
     out = {}
     for text in configs:
-        backbone, size, batch_size = parse_config(text)
+        backbone, size, batch_size = lib.parse_config(text)
         batch = lib.synthetic_batch(batch_size, size, num_classes)
         models = {"scdnn": lib.build_scdnn(backbone, size, num_classes),
                   "scdnn_light": lib.build_scdnn(backbone, size, num_classes, light=True),
@@ -109,7 +99,7 @@ def run_inference(configs, num_classes, repeats, steps) -> dict:
     """Inference latency per image, SCDNN vs baseline, interleaved."""
     out = {}
     for text in configs:
-        backbone, size, batch_size = parse_config(text)
+        backbone, size, batch_size = lib.parse_config(text)
         images = lib.synthetic_batch(batch_size, size, num_classes)["image"]
         fns = {"scdnn": lib.build_scdnn(backbone, size, num_classes),
                "scdnn_light": lib.build_scdnn(backbone, size, num_classes, light=True),
@@ -129,7 +119,7 @@ def run_inference(configs, num_classes, repeats, steps) -> dict:
 
 def run_variants(config, num_classes, repeats, steps) -> dict:
     """Step time with XLA and/or mixed precision, relative to fp32 without XLA."""
-    backbone, size, batch_size = parse_config(config)
+    backbone, size, batch_size = lib.parse_config(config)
     batch = lib.synthetic_batch(batch_size, size, num_classes)
     steppers = {}
     for model_name in ("scdnn", "baseline"):
@@ -161,7 +151,7 @@ def run_pipeline(configs, ratio_results, shapes_pattern, coco_dir, repeats) -> d
     """Input images/s vs SCDNN step consumption (images/s) per config."""
     out = {}
     for text in configs:
-        backbone, size, batch_size = parse_config(text)
+        backbone, size, batch_size = lib.parse_config(text)
         if text not in ratio_results:
             continue
         consumed = batch_size / ratio_results[text]["scdnn_step_s"]

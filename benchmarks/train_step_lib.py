@@ -20,11 +20,21 @@ from scdnn_tf.modeling.scdnn import SCDNN
 # configs/demo.flags for the `small` backbone; SCDNN's (paper) defaults otherwise.
 DEMO_SCDNN = dict(fpn_channels=64, fc_units=256, anchor_sizes=(16, 32, 64, 128),
                   num_patches=16, num_train_patches=32)
-# The lighter option (not the default): no stride-4 pyramid level, and for the
-# large backbones a 128-channel pyramid. Anchor sizes: the first three of the default's.
+# The lighter option (not the default), as configs/coco_light.flags derives from
+# coco.flags: no stride-4 pyramid level, half the pyramid channels, the three largest
+# anchor sizes (one per level P3..P5).
 LIGHT_SCDNN = dict(min_level=3)
-LIGHT_FPN_CHANNELS = 128
 MAX_BOXES = 100  # the input pipeline's default padding
+
+
+def parse_config(text: str) -> tuple[str, int, int]:
+    """'small@128x16' -> ('small', 128, 16)."""
+    try:
+        backbone, rest = text.split("@")
+        size, batch = rest.split("x")
+        return backbone, int(size), int(batch)
+    except ValueError as e:
+        raise ValueError(f"--configs entry {text!r} must look like small@128x16") from e
 
 
 def synthetic_batch(batch_size: int, image_size: int, num_classes: int, max_boxes=MAX_BOXES,
@@ -51,28 +61,29 @@ def set_policy(mixed: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
 
 
-def _compile(model, size, xla):
+def _compile(model, size, xla, optimizer=None):
     model(tf.zeros([1, size, size, 3]), training=False)  # build the variables
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=xla)
+    model.compile(optimizer=optimizer or keras.optimizers.AdamW(1e-3), jit_compile=xla)
     return model
 
 
 def build_scdnn(backbone: str, size: int, num_classes: int, xla: bool = False,
-                light: bool = False) -> SCDNN:
+                light: bool = False, optimizer=None) -> SCDNN:
     """SCDNN (demo settings for `small`); XLA needs the gather crop backend.
 
-    light: P3..P5 only (`min_level=3`), and a 128-channel pyramid for large backbones.
+    optimizer: a Keras optimizer (default AdamW).
+    light: P3..P5 only (`min_level=3`), half the channels, the three largest anchors
+    (demo: 32 channels, anchors 32/64/128; paper settings: 128, 64/128/256).
     """
     kwargs = dict(DEMO_SCDNN) if backbone == "small" else {}
     if light:
         sizes = kwargs.get("anchor_sizes", (32, 64, 128, 256))
-        kwargs.update(LIGHT_SCDNN, anchor_sizes=sizes[:3])
-        if backbone != "small":
-            kwargs["fpn_channels"] = LIGHT_FPN_CHANNELS
+        kwargs.update(LIGHT_SCDNN, anchor_sizes=sizes[1:],
+                      fpn_channels=kwargs.get("fpn_channels", 256) // 2)
     if xla:  # passed only when needed, so this also runs against older SCDNN versions
         kwargs["crop_backend"] = "gather"
     model = SCDNN(num_classes, backbone=backbone, image_size=size, **kwargs)
-    return _compile(model, size, xla)
+    return _compile(model, size, xla, optimizer)
 
 
 def build_baseline(backbone: str, size: int, num_classes: int, xla: bool = False):
@@ -124,9 +135,9 @@ def _profiled_flops(fn, *args) -> float:
     return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
 
 
-def _predictor_flops(model, batch) -> float:
+def _predictor_flops(model, batch, training=True) -> float:
     """FLOPs of SCDNN's label predictors on the batch's valid patches (dynamic count)."""
-    outputs = model(batch, training=True)
+    outputs = model(batch, training=training)
     patches = float(tf.reduce_sum(tf.cast(outputs["patch_valid"], tf.float32)))
     flat = model.crop_size**2 * model.fpn_channels
     per_patch = 2.0 * (flat * model.fc_units + model.fc_units**2 +
@@ -145,6 +156,14 @@ def forward_flops(model, batch) -> float:
     flops = _profiled_flops(lambda x: model(x, training=True), batch)
     if isinstance(model, SCDNN) and getattr(model, "crop_backend", None) == "tf_image":
         flops += _predictor_flops(model, batch)
+    return flops
+
+
+def inference_flops(model, images) -> float:
+    """Forward FLOPs of one inference-mode call on `images`, counted as forward_flops."""
+    flops = _profiled_flops(lambda x: model(x, training=False), images)
+    if isinstance(model, SCDNN) and getattr(model, "crop_backend", None) == "tf_image":
+        flops += _predictor_flops(model, images, training=False)
     return flops
 
 
