@@ -69,6 +69,9 @@ def test_16bit_png_scaled_to_8bit():
 def test_non_image_bytes_fail_clearly():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG/PNG"):
         decode_image(b"hello, this is text", context="x.jpg")
+    for short in (b"", b"abc", b"\xff\xd8"):  # shorter than the signature window
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG/PNG"):
+            decode_image(short, context="x.jpg")
 
 
 def test_graph_mode_string_signature():

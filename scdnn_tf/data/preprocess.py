@@ -37,10 +37,12 @@ JPEG_RATIOS = (1, 2, 4, 8)
 
 def _is_known_format(encoded: tf.Tensor) -> tf.Tensor:
     """Scalar bool: `encoded` starts with the signature of a decodable image format."""
-    checks = [tf.equal(tf.strings.substr(encoded, 0, len(m)), m) for m in _MAGIC]
+    # Padded first: substr fails on a position past the end (payloads under 12 bytes).
+    head = tf.strings.substr(encoded, 0, 12) + b"\0" * 12
+    checks = [tf.equal(tf.strings.substr(head, 0, len(m)), m) for m in _MAGIC]
     checks.append(tf.logical_and(
-        tf.equal(tf.strings.substr(encoded, 0, 4), _WEBP[0]),
-        tf.equal(tf.strings.substr(encoded, 8, 4), _WEBP[1])))
+        tf.equal(tf.strings.substr(head, 0, 4), _WEBP[0]),
+        tf.equal(tf.strings.substr(head, 8, 4), _WEBP[1])))
     return tf.reduce_any(tf.stack(checks))
 
 
