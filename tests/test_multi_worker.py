@@ -272,20 +272,27 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_restart_continues(
                               log_path))
         return procs
 
-    procs = launch(0)
-    try:
+    def preempt_after_three_steps(procs):
         deadline = time.monotonic() + TIMEOUT
         while len(re.findall(r"step \d+/40 ", read_log(procs[0][1]))) < 3:
             assert time.monotonic() < deadline and procs[0][0].poll() is None, (
                 read_log(procs[0][1])[-3000:])
             time.sleep(0.05)
         procs[1][0].send_signal(signal.SIGTERM)  # only the non-chief is preempted
-        codes = [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+
+    def exit_codes(procs, before_wait=None):
+        try:
+            if before_wait:
+                before_wait(procs)
+            return [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
+        finally:
+            for proc, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    procs = launch(0)
+    codes = exit_codes(procs, preempt_after_three_steps)
     assert codes == [143, 143], [read_log(p)[-2000:] for _, p in procs]
     stopped = [int(re.search(r"stopped by SIGTERM after step (\d+)", read_log(p)).group(1))
                for _, p in procs]
@@ -293,13 +300,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_restart_continues(
     assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{stopped[0]}")
 
     procs = launch(1)
-    try:
-        codes = [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    codes = exit_codes(procs)
     assert codes == [0, 0], [read_log(p)[-2000:] for _, p in procs]
     assert f"starting at step {stopped[0]} of 40" in read_log(procs[0][1])
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-40")
