@@ -24,6 +24,8 @@ class MultiLabelModel(keras.Model):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        if not callable(getattr(self, "compute_losses", None)):
+            raise TypeError(f"{type(self).__name__} must define compute_losses(batch, outputs)")
         # Means over images (not over replicas or steps): each replica adds its images'
         # sum and count, so the reported means are global-batch means.
         self._trackers = [keras.metrics.Mean(name=n) for n in self.LOSS_NAMES]
@@ -31,9 +33,6 @@ class MultiLabelModel(keras.Model):
     @property
     def metrics(self):
         return list(self._trackers)
-
-    def compute_losses(self, batch: dict, outputs: dict) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must define compute_losses")
 
     def _batch(self, data) -> dict:
         # A dataset yields the dict itself; train_on_batch(dict) passes (dict, None, None).
