@@ -27,7 +27,7 @@ from scdnn_tf.data.pipeline import count_records
 from scdnn_tf.progress import Progress
 from scdnn_tf.train_config import TrainConfig
 
-_OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
+_OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores", "patch_context_scale")
 # Flags that may differ between training and evaluation; everything else comes from the
 # model_dir's config.json so the network matches its checkpoint.
 EVAL_OVERRIDES = ("eval_pattern", "global_batch_size", "strategy", "eval_threshold",

@@ -167,6 +167,10 @@ def make_result(path: str, outputs: dict, i: int, predictor: Predictor) -> Resul
             patches.append({"box": outputs["patch_boxes"][i, p].round(4).tolist(),
                             "context_box": outputs["context_boxes"][i, p].round(4).tolist(),
                             "score": round(float(outputs["patch_scores"][i, p]), 4)})
+            if "context_weights" in outputs:  # adaptive context: what the gate chose
+                patches[-1]["context_weights"] = outputs["context_weights"][i, p].round(4).tolist()
+                patches[-1]["context_scale"] = round(float(outputs["patch_context_scale"][i, p]),
+                                                     3)
     return Result(path, labels, top, patches)
 
 

@@ -91,7 +91,10 @@ def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bo
                       anchor_samples=config.anchor_samples,
                       # tf.image.crop_and_resize has no XLA kernel: same sampling via gathers.
                       crop_backend="gather" if config.jit_compile else "tf_image",
-                      context_scale=config.context_scale, branches=config.branches,
+                      context_scale=config.context_scale,
+                      context_scales=config.context_scales or None, relation=config.relation,
+                      relation_layers=config.relation_layers, global_patch=config.global_patch,
+                      branches=config.branches,
                       aggregation=config.aggregation, fusion=config.fusion,
                       fc_units=config.fc_units, dropout=config.dropout,
                       regression_weight=config.regression_weight,

@@ -7,7 +7,9 @@ K = min(top_k, C), P = the model's patches per image):
   scores [N,C] float32 (sigmoid), labels [N,C] bool (scores >= per-class threshold),
   top_classes [N,K] int32, top_scores [N,K] float32, top_class_names [N,K] string,
   and for SCDNN patch_boxes / context_boxes [N,P,4] (normalized [ymin,xmin,ymax,xmax]),
-  patch_scores [N,P] (objectness, best first, 0 for padding), patch_valid [N,P] bool.
+  patch_scores [N,P] (objectness, best first, 0 for padding), patch_valid [N,P] bool;
+  with several context scales also context_weights [N,P,K] (the per-patch gate over the
+  K scales) and patch_context_scale [N,P] (the gate-weighted scale of context_boxes).
 
 Signatures (inputs named so that TF Serving's REST/gRPC requests can address them):
   serving_default(image_bytes: string [N])   JPEG/PNG (also GIF/BMP/WebP) file bytes;
@@ -39,7 +41,8 @@ from scdnn_tf.thresholds import logit_threshold
 SIGNATURE_NAMES = ("serving_default", "image_tensor", "tf_example", "class_names")
 # 50 megapixels: a 24 MP phone photo passes, a 12000x12000 (144 MP) image is refused.
 DEFAULT_MAX_PIXELS = 50_000_000
-PATCH_KEYS = ("patch_boxes", "context_boxes", "patch_scores")
+PATCH_KEYS = ("patch_boxes", "context_boxes", "patch_scores", "context_weights",
+              "patch_context_scale")
 _FORMATS = "a JPEG/PNG/GIF/BMP/WebP image"
 
 

@@ -19,6 +19,7 @@ from absl import flags
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
+from scdnn_tf.modeling.relation import RELATIONS
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
 
 MODELS = ("scdnn", "baseline")
@@ -26,7 +27,8 @@ OPTIMIZERS = ("sgd", "adamw")
 STRATEGIES = ("mirrored", "multi_worker_mirrored", "one_device")
 # Fields that define the network's variables: a run resumed from a model_dir must agree.
 ARCHITECTURE_FIELDS = ("model", "backbone", "image_size", "fpn_channels", "fc_units",
-                       "min_level", "anchor_sizes", "aspect_ratios", "branches")
+                       "min_level", "anchor_sizes", "aspect_ratios", "branches", "relation",
+                       "relation_layers", "context_scales", "global_patch")
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -79,6 +81,14 @@ class TrainConfig:
                                       "half positive).")
     context_scale: float = _field(2.0, "Context patch = object patch scaled about its centre "
                                        "(1.0 = no context).")
+    context_scales: tuple = _field((), "Several context scales (e.g. 1.5,2.5,4): each context "
+                                   "patch is cropped at every scale and a learned per-patch "
+                                   "gate weights them ('' = the single --context_scale).")
+    relation: str = _field("none", "Relation module: 'attention' lets the patches of an image "
+                                   "attend to each other (with their box geometry) before the "
+                                   "label predictors decide.", RELATIONS)
+    relation_layers: int = _field(1, "Transformer encoder layers of the relation module.")
+    global_patch: bool = _field(False, "Add the whole image as one more patch of both branches.")
     branches: str = _field("both", "Label predictor branches.", BRANCHES)
     aggregation: str = _field("max", "Patch-to-image pooling.", AGGREGATIONS)
     fusion: str = _field("mean", "Fusion of the two branches' image logits.", FUSIONS)
@@ -158,6 +168,11 @@ class TrainConfig:
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
         _require(self, "freeze_stages", self.freeze_stages <= 5, "must be in 0..5")
         _require(self, "context_scale", self.context_scale >= 1.0, "must be >= 1.0")
+        scales = self.context_scales
+        _require(self, "context_scales", not scales or (
+            min(scales) >= 1.0 and len(set(scales)) == len(scales)),
+            "must be distinct scales, each >= 1.0")
+        _require(self, "relation_layers", 1 <= self.relation_layers <= 4, "must be in 1..4")
         for name in ("momentum", "ema_decay", "dropout"):
             _require(self, name, 0.0 <= getattr(self, name) < 1.0, "must be in [0, 1)")
         _require(self, "eval_threshold", 0.0 <= self.eval_threshold <= 1.0, "must be in [0, 1]")

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 TIGHT_COLOR = (0, 230, 64)      # green: object patches (patch generator 1)
+PATCH_OUTPUTS = ("patch_boxes", "context_boxes", "patch_scores", "patch_context_scale")
 CONTEXT_COLOR = (255, 140, 0)   # orange: context patches (patch generator 2)
 TEXT_COLOR = (255, 255, 255)
 TEXT_BACKGROUND = (0, 0, 0)
@@ -50,7 +51,7 @@ def _pixel_rect(box, width: int, height: int) -> tuple[float, float, float, floa
 
 
 def draw_patches(image, patch_boxes=None, context_boxes=None, patch_scores=None,
-                 labels=(), max_patches: int = 5, min_patch_score: float = 0.0,
+                 patch_context_scale=None, labels=(), max_patches: int = 5, min_patch_score: float = 0.0,
                  scale: int = 1, line_width: int = 1) -> np.ndarray:
     """Draws tight patches, their context patches and the top labels on one image.
 
@@ -60,6 +61,8 @@ def draw_patches(image, patch_boxes=None, context_boxes=None, patch_scores=None,
       context_boxes: [N,4] normalized yxyx expanded boxes (row n belongs to patch n), or None.
       patch_scores: [N] objectness in [0,1]; patches are drawn best first, at most
         `max_patches` with score >= min_patch_score. None = the first max_patches rows.
+      patch_context_scale: [N] context scale each patch chose (adaptive context), printed
+        as "x2.7" at its context box's corner; None = not printed.
       labels: (name, score) pairs to print, e.g. from `top_labels`.
       max_patches: how many patches (and their context boxes) to draw.
       min_patch_score: skip patches below this objectness.
@@ -84,6 +87,13 @@ def draw_patches(image, patch_boxes=None, context_boxes=None, patch_scores=None,
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         for n in order:
             draw.rectangle(_pixel_rect(boxes[n], width, height), outline=color, width=line_width)
+    if patch_context_scale is not None and context_boxes is not None:
+        corners = np.asarray(context_boxes, np.float64).reshape(-1, 4)
+        chosen = np.asarray(patch_context_scale, np.float64).reshape(-1)
+        font = ImageFont.load_default()
+        for n in order:
+            x0, y0 = _pixel_rect(corners[n], width, height)[:2]
+            draw.text((x0 + 1, y0), f"x{chosen[n]:.1f}", fill=CONTEXT_COLOR, font=font)
     _draw_labels(draw, labels)
     return np.asarray(pil, dtype=np.uint8)
 
@@ -119,7 +129,8 @@ def draw_batch(images, outputs: dict, class_names, k: int = 3, **kwargs) -> np.n
     Args:
       images: [B,H,W,3] float in [0,255] or uint8.
       outputs: numpy model outputs: `scores` [B,C] probabilities (required), and
-        optionally `patch_boxes` [B,N,4], `context_boxes` [B,N,4], `patch_scores` [B,N].
+        optionally `patch_boxes` [B,N,4], `context_boxes` [B,N,4], `patch_scores` [B,N],
+        `patch_context_scale` [B,N].
       class_names: C names. k: labels printed per image.
       **kwargs: passed to `draw_patches` (max_patches, scale, ...).
 
@@ -128,8 +139,7 @@ def draw_batch(images, outputs: dict, class_names, k: int = 3, **kwargs) -> np.n
     """
     drawn = []
     for b in range(len(images)):
-        extra = {key: outputs[key][b] for key in ("patch_boxes", "context_boxes", "patch_scores")
-                 if key in outputs}
+        extra = {key: outputs[key][b] for key in PATCH_OUTPUTS if key in outputs}
         drawn.append(draw_patches(images[b], labels=top_labels(outputs["scores"][b], class_names, k),
                                   **extra, **kwargs))
     return np.stack(drawn)
@@ -161,7 +171,9 @@ class PatchImageWriter:
         boxes = [p["box"] for p in result.patches] or None
         drawn = draw_patches(
             image, boxes, [p["context_box"] for p in result.patches] or None,
-            [p["score"] for p in result.patches] or None, labels=result.labels[:5],
+            [p["score"] for p in result.patches] or None,
+            [p["context_scale"] for p in result.patches if "context_scale" in p] or None,
+            labels=result.labels[:5],
             line_width=max(1, max(image.shape[:2]) // 300))
         stem = os.path.splitext(os.path.basename(result.path))[0]
         name, k = stem, 1

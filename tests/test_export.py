@@ -319,3 +319,25 @@ def test_saved_model_cli_lists_predict_signatures(exported):
     assert "inputs['image_bytes']" in blocks["serving_default"]
     assert "inputs['examples']" in blocks["tf_example"]
     assert "outputs['top_class_names']" in blocks["serving_default"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [
+    dict(relation="attention"), dict(context_scales=(1.5, 2.5, 4.0)), dict(global_patch=True)],
+    ids=["relation", "context_scales", "global_patch"])
+def test_export_round_trip_with_each_option(options, tmp_path):
+    model = SCDNN(len(NAMES), backbone="small", image_size=64, fpn_channels=16, fc_units=32,
+                  anchor_sizes=(8, 16, 32, 64), num_patches=6, **options)
+    model(tf.zeros([1, 64, 64, 3]))
+    loaded = tf.saved_model.load(export_saved_model(model, NAMES, str(tmp_path), THRESHOLDS))
+    encoded = [encode(random_image(40, 70, seed=3)), encode(random_image(64, 64, seed=4))]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    np.testing.assert_allclose(out["scores"], keras_scores(model, encoded), atol=1e-5)
+    assert ("context_weights" in out) == ("context_scales" in options)
+    if "context_scales" in options:
+        images = tf.stack([resize_image(decode_image(e), 64) for e in encoded])
+        expected = model(images)
+        assert out["context_weights"].shape == (2, 6, 3)
+        np.testing.assert_allclose(out["context_weights"], expected["context_weights"], atol=1e-5)
+        np.testing.assert_allclose(out["patch_context_scale"], expected["patch_context_scale"],
+                                   atol=1e-4)

@@ -114,12 +114,17 @@ def test_invalid_arguments_echo_value():
         SCDNN(**{**TINY, "aggregation": "mean"})
 
 
-def _fit_one_step(strategy, init_weights, batch):
+# Every option beyond the paper at once (relation module, adaptive context, global patch).
+ALL_OPTIONS = dict(relation="attention", context_scales=(1.5, 2.5, 4.0), global_patch=True)
+
+
+def _fit_one_step(strategy, init_weights, batch, options):
     with strategy.scope():
         # freeze_bn: per-replica BatchNorm statistics would differ from the global batch's;
         # with frozen BN the math is exactly the same on 1 and 2 replicas. All anchors are
         # sampled (anchor_samples >= A), so no randomness either.
-        model = SCDNN(**TINY, freeze_bn=True, anchor_samples=4096, positive_fraction=1.0)
+        model = SCDNN(**TINY, **options, freeze_bn=True, anchor_samples=4096,
+                      positive_fraction=1.0)
         model(batch["image"])
         model.set_weights(init_weights)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1))
@@ -129,13 +134,14 @@ def _fit_one_step(strategy, init_weights, batch):
 
 
 @pytest.mark.slow
-def test_one_device_and_two_replicas_agree():
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["paper", "all_options"])
+def test_one_device_and_two_replicas_agree(options):
     batch = _batch(batch_size=4, seed=3)
-    ref = SCDNN(**TINY, freeze_bn=True)
+    ref = SCDNN(**TINY, **options, freeze_bn=True)
     ref(batch["image"])
     init = ref.get_weights()
-    h1, w1 = _fit_one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), init, batch)
-    h2, w2 = _fit_one_step(two_cpu_strategy(), init, batch)
+    h1, w1 = _fit_one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), init, batch, options)
+    h2, w2 = _fit_one_step(two_cpu_strategy(), init, batch, options)
     for key in ("loss", "loss_regression", "loss_patch", "loss_label"):
         np.testing.assert_allclose(h1[key], h2[key], rtol=1e-4, err_msg=key)
     moved = max(np.abs(a - b).max() for a, b in zip(w1, init))
@@ -154,9 +160,10 @@ def test_resnext101_paper_configuration_forward_at_448():
 
 
 @pytest.mark.slow
-def test_train_step_compiles_under_xla_with_gather_crops():
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["paper", "all_options"])
+def test_train_step_compiles_under_xla_with_gather_crops(options):
     batch = _batch()
-    model = SCDNN(**TINY, crop_backend="gather")
+    model = SCDNN(**TINY, **options, crop_backend="gather")
     model(batch["image"])
     model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True)
     history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)

@@ -2,7 +2,8 @@
 
 Each is flatten -> FC -> FC -> C logits applied to every patch independently; the two
 branches have separate weights (they learn different evidence: the object vs its
-surroundings).
+surroundings). `embed` and `classify` split the call at the hidden layer, where the
+optional relation module and the adaptive-context gate act.
 """
 
 from __future__ import annotations
@@ -51,13 +52,20 @@ class LabelPredictor(layers.Layer):
         self.fc2.build((None, self.fc_units))
         self.classifier.build((None, self.fc_units))
 
-    def call(self, crops, training=False):
+    def embed(self, crops, training=False):
+        """[B, N, S, S, D] crops -> [B, N, fc_units] hidden embeddings (before the logits)."""
         shape = ops.shape(crops)
         x = ops.reshape(crops, (shape[0] * shape[1], -1))
         x = self.drop(self.fc1(x), training=training)
         x = self.drop(self.fc2(x), training=training)
-        logits = ops.cast(self.classifier(x), "float32")
-        return ops.reshape(logits, (shape[0], shape[1], self.num_classes))
+        return ops.reshape(x, (shape[0], shape[1], self.fc_units))
+
+    def classify(self, embeddings):
+        """[B, N, fc_units] embeddings -> [B, N, C] float32 logits."""
+        return ops.cast(self.classifier(embeddings), "float32")
+
+    def call(self, crops, training=False):
+        return self.classify(self.embed(crops, training=training))
 
     def get_config(self):
         config = super().get_config()

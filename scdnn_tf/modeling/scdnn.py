@@ -5,6 +5,12 @@ regressor -> patch generator 1 (tight object patches) and patch generator 2 (exp
 context patches) -> multi-level crop-and-resize -> two label predictors -> per-branch
 patch-to-image aggregation -> branch fusion -> image logits.
 
+Options beyond the paper (all off by default, which is the paper's model):
+`global_patch` adds the whole image as one more patch of both branches;
+`context_scales` (two or more) crops each context patch at every scale and mixes them
+with a learned per-patch gate (`context_gate.py`); `relation="attention"` lets the
+patches of an image attend to each other before the logits (`relation.py`).
+
 `train_step` combines the three losses (location regression, patch classification,
 label prediction) into one optimizer step; see `losses.py` for their definitions.
 """
@@ -17,13 +23,16 @@ import tensorflow as tf
 
 from scdnn_tf.modeling import aggregation as aggregation_ops
 from scdnn_tf.modeling import anchors, box_ops, losses, matching
+from scdnn_tf.modeling import context_gate as context_gate_ops
 from scdnn_tf.modeling.backbones import build_backbone
 from scdnn_tf.modeling.crop_and_resize import crop_valid_boxes, multilevel_crop_and_resize
 from scdnn_tf.modeling.fpn import FPN
 from scdnn_tf.modeling.label_predictor import LabelPredictor
 from scdnn_tf.modeling.multilabel_model import MultiLabelModel
-from scdnn_tf.modeling.patch_generator import ContextPatchGenerator, ObjectPatchGenerator
+from scdnn_tf.modeling.patch_generator import (ContextPatchGenerator, ObjectPatchGenerator,
+                                               context_patches)
 from scdnn_tf.modeling.patch_heads import DensePatchHeads
+from scdnn_tf.modeling.relation import RELATIONS, PatchRelation
 
 BRANCHES = ("object", "context", "both")
 MAX_LEVEL = 5
@@ -60,6 +69,14 @@ class SCDNN(MultiLabelModel):
       num_train_patches: proposals per image in training (ground truth is appended).
       pre_nms_topk, nms_iou: patch generator 1 settings.
       context_scale: patch generator 2's expansion about the box centre (1.0 = no context).
+      context_scales: None (the single `context_scale`) or several scales (e.g.
+        (1.5, 2.5, 4.0)): each context patch is cropped at every scale and a per-patch
+        gate from the tight crop weights them.
+      relation: "none" (paper) or "attention": a transformer encoder over each image's
+        patch embeddings (plus box geometry) before the logits, per branch.
+      relation_layers: encoder layers when relation="attention".
+      global_patch: add the full-image box as one more patch of both branches (its
+        context crop is the image itself).
       branches: "object", "context" or "both" (the ablation switch).
       aggregation: "max" or "lse" patch-to-image pooling; lse_r its sharpness.
       fusion: "mean" or "max" branch fusion.
@@ -80,7 +97,9 @@ class SCDNN(MultiLabelModel):
     Returns:
       dict: `logits` [B,C] (fused), `object_logits` / `context_logits` [B,C] (present
       branches), `patch_boxes` [B,N,4], `context_boxes` [B,N,4], `patch_scores` [B,N],
-      `patch_valid` [B,N], `objectness` [B,A], `deltas` [B,A,4].
+      `patch_valid` [B,N], `objectness` [B,A], `deltas` [B,A,4]; with several context
+      scales also `context_weights` [B,N,K] (the gate) and `patch_context_scale` [B,N]
+      (its weighted mean scale, at which `context_boxes` are then drawn). The global patch is not among the N patches.
     """
 
     LOSS_NAMES = ("loss", "loss_regression", "loss_patch", "loss_label")
@@ -88,7 +107,8 @@ class SCDNN(MultiLabelModel):
     def __init__(self, num_classes, backbone="small", backbone_weights=None, image_size=448,
                  fpn_channels=256, min_level=2, anchor_sizes=(32, 64, 128, 256), aspect_ratios=(0.5, 1.0, 2.0),
                  num_patches=32, num_train_patches=64, pre_nms_topk=1000, nms_iou=0.7,
-                 context_scale=2.0, branches="both", aggregation="max", lse_r=5.0, fusion="mean",
+                 context_scale=2.0, context_scales=None, relation="none", relation_layers=1,
+                 global_patch=False, branches="both", aggregation="max", lse_r=5.0, fusion="mean",
                  crop_size=7, crop_backend="tf_image", fc_units=1024, dropout=0.0, pos_iou=0.7,
                  neg_iou=0.3, anchor_samples=256, positive_fraction=0.5, regression_weight=1.0,
                  patch_weight=1.0, label_weight=1.0, freeze_bn=False, freeze_stages=0, **kwargs):
@@ -107,6 +127,11 @@ class SCDNN(MultiLabelModel):
             raise ValueError(f"fusion must be one of {aggregation_ops.FUSIONS}, got {fusion!r}")
         if crop_backend not in CROP_BACKENDS:
             raise ValueError(f"crop_backend must be one of {CROP_BACKENDS}, got {crop_backend!r}")
+        if relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+        scales = tuple(float(v) for v in (context_scales or (context_scale,)))
+        if min(scales) < 1.0 or len(set(scales)) != len(scales):
+            raise ValueError(f"context scales must be distinct and >= 1.0, got {scales!r}")
         if min_level not in MIN_LEVELS:
             raise ValueError(f"min_level must be one of {MIN_LEVELS}, got {min_level!r}")
         self.min_level = int(min_level)
@@ -128,7 +153,11 @@ class SCDNN(MultiLabelModel):
         self.fpn_channels = int(fpn_channels)
         self.anchor_sizes = tuple(float(s) for s in anchor_sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
-        self.context_scale = float(context_scale)
+        self.context_scales = scales
+        self.context_scale = scales[0]
+        self.relation = relation
+        self.relation_layers = int(relation_layers)
+        self.global_patch = bool(global_patch)
         self.branches = branches
         self.aggregation = aggregation
         self.lse_r = float(lse_r)
@@ -153,15 +182,26 @@ class SCDNN(MultiLabelModel):
         self.object_patch_generator = ObjectPatchGenerator(
             num_patches=num_patches, num_train_patches=num_train_patches,
             pre_nms_topk=pre_nms_topk, nms_iou=nms_iou, name="object_patch_generator")
-        self.context_patch_generator = ContextPatchGenerator(
-            context_scale=self.context_scale, name="context_patch_generator")
+        self.context_patch_generators = [
+            ContextPatchGenerator(context_scale=s, name="context_patch_generator" + (
+                f"_{k}" if k else "")) for k, s in enumerate(scales)]
+        self.context_gate = None
+        if len(scales) > 1:
+            self.context_gate = context_gate_ops.ContextGate(len(scales), name="context_gate")
         self.object_predictor = self.context_predictor = None
+        self.object_relation = self.context_relation = None
         if branches in ("object", "both"):
             self.object_predictor = LabelPredictor(self.num_classes, self.fc_units, self.dropout,
                                                    name="object_label_predictor")
+            if relation == "attention":
+                self.object_relation = PatchRelation(self.relation_layers,
+                                                     name="object_relation")
         if branches in ("context", "both"):
             self.context_predictor = LabelPredictor(self.num_classes, self.fc_units, self.dropout,
                                                     name="context_label_predictor")
+            if relation == "attention":
+                self.context_relation = PatchRelation(self.relation_layers,
+                                                      name="context_relation")
         level_anchors = anchors.generate_anchors(self.image_size, levels=self.levels,
                                                  sizes=self.anchor_sizes,
                                                  aspect_ratios=self.aspect_ratios)
@@ -169,19 +209,46 @@ class SCDNN(MultiLabelModel):
         self._level_anchors = tuple(np.asarray(a, np.float32) for a in level_anchors)
         self._all_anchors = np.concatenate(self._level_anchors, axis=0)
 
-    def _branch_logits(self, predictor, pyramid, boxes, valid, training):
-        if self.crop_backend == "gather":  # static shapes for XLA: every slot, padding too
+    def _crops(self, pyramid, boxes, valid):
+        """Crops of the patch slots: (crops [P,s,s,D], to_slots mapping [P,...] -> [B,N,...]).
+
+        gather backend: every slot (P = B*N, static shapes for XLA); tf_image: only the
+        valid slots (most training slots are padding of the appended ground truth), and
+        to_slots scatters them back with zeros in the padding slots.
+        """
+        slots = tf.shape(valid)
+        if self.crop_backend == "gather":
             crops = multilevel_crop_and_resize(pyramid, boxes, self.image_size,
                                                crop_size=self.crop_size,
                                                min_level=self.min_level, backend="gather")
-            patch_logits = predictor(crops, training=training)
-        else:  # valid patches only: most training slots are padding of the appended gt boxes
+            crops = tf.reshape(crops, tf.concat([[-1], tf.shape(crops)[2:]], 0))
+
+            def to_slots(x):
+                return tf.reshape(x, tf.concat([slots, x.shape[1:].as_list()], 0))
+        else:
             crops, index = crop_valid_boxes(pyramid, boxes, valid, self.image_size,
                                             crop_size=self.crop_size, min_level=self.min_level)
-            logits = predictor(crops[tf.newaxis], training=training)[0]  # [V, C]
-            patch_logits = tf.scatter_nd(index, logits, tf.concat(
-                [tf.shape(valid), [self.num_classes]], 0))
+
+            def to_slots(x):
+                return tf.scatter_nd(index, x, tf.concat([slots, x.shape[1:].as_list()], 0))
+        return crops, to_slots
+
+    def _embed(self, predictor, crops, to_slots, training):
+        """[P,s,s,D] crops -> [B,N,U] predictor hidden embeddings."""
+        return to_slots(predictor.embed(crops[tf.newaxis], training=training)[0])
+
+    def _branch_logits(self, predictor, relation, embeddings, boxes, valid, training):
+        if relation is not None:
+            embeddings = relation(embeddings, boxes, valid, training=training)
+        patch_logits = predictor.classify(embeddings)
         return aggregation_ops.aggregate_patches(patch_logits, valid, self.aggregation, self.lse_r)
+
+    def _with_global_patch(self, boxes, valid):
+        """Appends the full-image box as one always-valid slot: [B,N+1,4], [B,N+1]."""
+        batch = tf.shape(boxes)[0]
+        full = tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), [batch, 1, 1])
+        return (tf.concat([boxes, full], 1),
+                tf.concat([tf.cast(valid, tf.bool), tf.ones([batch, 1], tf.bool)], 1))
 
     def call(self, inputs, training=False):
         images, gt_boxes, gt_valid = unpack_inputs(inputs)
@@ -190,17 +257,41 @@ class SCDNN(MultiLabelModel):
         objectness, deltas = self.patch_heads(pyramid)
         boxes, scores, valid = self.object_patch_generator(
             objectness, deltas, list(self._level_anchors), gt_boxes, gt_valid, training=training)
-        context_boxes = self.context_patch_generator(boxes)
-        outputs = {"patch_boxes": boxes, "context_boxes": context_boxes, "patch_scores": scores,
-                   "patch_valid": valid, "objectness": objectness, "deltas": deltas}
+        outputs = {"patch_boxes": boxes, "patch_scores": scores, "patch_valid": valid,
+                   "objectness": objectness, "deltas": deltas}
+        slot_boxes, slot_valid = boxes, valid
+        if self.global_patch:  # its context crops are the image itself (clipped expansion)
+            slot_boxes, slot_valid = self._with_global_patch(boxes, valid)
+        num = tf.shape(boxes)[1]
+        tight_crops, to_slots = self._crops(pyramid, slot_boxes, slot_valid)
+        gate = None
+        if self.context_gate is not None:
+            k = len(self.context_scales)
+            gate = tf.where(slot_valid[..., tf.newaxis], to_slots(self.context_gate(tight_crops)),
+                            1.0 / k)  # padding slots: uniform, so every row sums to 1
+            outputs["context_weights"] = gate[:, :num]
+            outputs["patch_context_scale"] = context_gate_ops.effective_scale(
+                gate[:, :num], self.context_scales)
+            outputs["context_boxes"] = context_patches(boxes, outputs["patch_context_scale"])
+        else:
+            outputs["context_boxes"] = self.context_patch_generators[0](boxes)
         branch_logits = []
         if self.object_predictor is not None:
-            outputs["object_logits"] = self._branch_logits(self.object_predictor, pyramid, boxes,
-                                                           valid, training)
+            h = self._embed(self.object_predictor, tight_crops, to_slots, training)
+            outputs["object_logits"] = self._branch_logits(
+                self.object_predictor, self.object_relation, h, slot_boxes, slot_valid, training)
             branch_logits.append(outputs["object_logits"])
         if self.context_predictor is not None:
-            outputs["context_logits"] = self._branch_logits(self.context_predictor, pyramid,
-                                                            context_boxes, valid, training)
+            per_scale = []
+            for generator in self.context_patch_generators:
+                crops, scale_to_slots = self._crops(pyramid, generator(slot_boxes), slot_valid)
+                per_scale.append(self._embed(self.context_predictor, crops, scale_to_slots,
+                                             training))
+            h = per_scale[0] if gate is None else context_gate_ops.mix_scales(
+                tf.stack(per_scale, axis=2), gate)
+            outputs["context_logits"] = self._branch_logits(
+                self.context_predictor, self.context_relation, h, slot_boxes, slot_valid,
+                training)
             branch_logits.append(outputs["context_logits"])
         outputs["logits"] = aggregation_ops.fuse_branches(branch_logits, self.fusion)
         return outputs
@@ -243,6 +334,8 @@ class SCDNN(MultiLabelModel):
             "aspect_ratios": list(self.aspect_ratios), "num_patches": gen.num_patches,
             "num_train_patches": gen.num_train_patches, "pre_nms_topk": gen.pre_nms_topk,
             "nms_iou": gen.nms_iou, "context_scale": self.context_scale,
+            "context_scales": list(self.context_scales), "relation": self.relation,
+            "relation_layers": self.relation_layers, "global_patch": self.global_patch,
             "branches": self.branches, "aggregation": self.aggregation, "lse_r": self.lse_r,
             "fusion": self.fusion, "crop_size": self.crop_size,
             "crop_backend": self.crop_backend, "fc_units": self.fc_units,
