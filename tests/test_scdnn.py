@@ -78,6 +78,8 @@ def test_single_branch_ablation(branches, present, absent):
     out = model(tf.zeros([1, SIZE, SIZE, 3]))
     names = {part for w in model.weights for part in w.path.split("/")}
     assert present in names and absent not in names
+    # Checkpoints are keyed by these paths: the predictor's layers live under its name.
+    assert f"scdnn/{present}/fc1/kernel" in {w.path for w in model.weights}
     assert out["logits"].shape == (1, NUM_CLASSES)
 
 

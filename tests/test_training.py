@@ -38,6 +38,10 @@ def data_dir(tmp_path_factory):
     (dict(model_dir=""), "--model_dir"),
     (dict(min_level=4), "--min_level"),
     (dict(min_level=3), "--anchor_sizes"),  # 4 sizes for P3..P5
+    (dict(context_scales=(0.5, 2.0)), "--context_scales"),
+    (dict(context_scales=(2.0, 2.0)), "--context_scales"),
+    (dict(relation="graph"), "--relation"),
+    (dict(relation_layers=0), "--relation_layers"),
 ])
 def test_validate_names_the_flag(data_dir, tmp_path, override, flag):
     config = tiny_config(data_dir, override.pop("model_dir", tmp_path), **override)
@@ -61,13 +65,29 @@ def test_run_rejects_class_id_map_of_wrong_length(data_dir, tmp_path):
 
 
 def test_flags_txt_is_a_reusable_flagfile(data_dir, tmp_path):
-    config = tiny_config(data_dir, tmp_path, color_jitter=True, anchor_sizes=(4.0, 8.0, 16.0, 32.0))
+    config = tiny_config(data_dir, tmp_path, color_jitter=True, anchor_sizes=(4.0, 8.0, 16.0, 32.0),
+                         context_scales=(1.5, 2.5, 4.0), relation="attention", global_patch=True)
     config.write(str(tmp_path))
     flag_values = flags.FlagValues()
     define_flags(flag_values)
     flag_values(["prog", f"--flagfile={tmp_path / 'flags.txt'}"])
     assert TrainConfig(**config_from_flags(flag_values)) == config
     assert TrainConfig.read(str(tmp_path)) == config
+
+
+@pytest.mark.slow
+def test_run_with_every_option_beyond_the_paper_and_its_resume_check(data_dir, tmp_path):
+    options = dict(relation="attention", context_scales=(1.5, 3.0), global_patch=True)
+    metrics = run_training(tiny_config(data_dir, tmp_path, **options))
+    assert metrics["num_images"] == 6 and np.isfinite(metrics["mAP"])
+    images = read_events(str(tmp_path / "eval"))
+    assert any("patch" in tag for tag in images), sorted(images)
+    # The options define the network: resuming the run without one of them is refused.
+    for name in options:
+        changed = tiny_config(data_dir, tmp_path, train_steps=5,
+                              **{**options, name: TrainConfig().__getattribute__(name)})
+        with pytest.raises(ValueError, match=f"--{name}"):
+            run_training(changed)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Each is flatten -> FC -> FC -> C logits applied to every patch independently; the two
 branches have separate weights (they learn different evidence: the object vs its
-surroundings). `embed` and `classify` split the call at the hidden layer, where the
+surroundings). `part="embed"` and `part="classify"` split the call at the hidden layer, where the
 optional relation module and the adaptive-context gate act.
 """
 
@@ -22,7 +22,8 @@ class LabelPredictor(layers.Layer):
       dropout: dropout rate after each hidden layer (0 = off).
 
     Call:
-      crops: [B, N, S, S, D] pooled patch features.
+      inputs: [B, N, S, S, D] pooled patch features (or, with part="classify", the
+        [B, N, fc_units] embeddings of part="embed").
 
     Returns:
       [B, N, C] float32 patch logits.
@@ -52,20 +53,21 @@ class LabelPredictor(layers.Layer):
         self.fc2.build((None, self.fc_units))
         self.classifier.build((None, self.fc_units))
 
-    def embed(self, crops, training=False):
-        """[B, N, S, S, D] crops -> [B, N, fc_units] hidden embeddings (before the logits)."""
-        shape = ops.shape(crops)
-        x = ops.reshape(crops, (shape[0] * shape[1], -1))
-        x = self.drop(self.fc1(x), training=training)
-        x = self.drop(self.fc2(x), training=training)
-        return ops.reshape(x, (shape[0], shape[1], self.fc_units))
-
-    def classify(self, embeddings):
-        """[B, N, fc_units] embeddings -> [B, N, C] float32 logits."""
-        return ops.cast(self.classifier(embeddings), "float32")
-
-    def call(self, crops, training=False):
-        return self.classify(self.embed(crops, training=training))
+    def call(self, inputs, training=False, part="all"):
+        """`part`: "all" (crops -> logits), "embed" (crops [B,N,S,S,D] -> [B,N,fc_units]
+        hidden embeddings) or "classify" (embeddings -> [B,N,C] float32 logits)."""
+        if part not in ("all", "embed", "classify"):
+            raise ValueError(f"part must be 'all', 'embed' or 'classify', got {part!r}")
+        x = inputs
+        if part != "classify":
+            shape = ops.shape(x)
+            x = ops.reshape(x, (shape[0] * shape[1], -1))
+            x = self.drop(self.fc1(x), training=training)
+            x = self.drop(self.fc2(x), training=training)
+            x = ops.reshape(x, (shape[0], shape[1], self.fc_units))
+            if part == "embed":
+                return x
+        return ops.cast(self.classifier(x), "float32")
 
     def get_config(self):
         config = super().get_config()

@@ -235,12 +235,12 @@ class SCDNN(MultiLabelModel):
 
     def _embed(self, predictor, crops, to_slots, training):
         """[P,s,s,D] crops -> [B,N,U] predictor hidden embeddings."""
-        return to_slots(predictor.embed(crops[tf.newaxis], training=training)[0])
+        return to_slots(predictor(crops[tf.newaxis], training=training, part="embed")[0])
 
     def _branch_logits(self, predictor, relation, embeddings, boxes, valid, training):
         if relation is not None:
             embeddings = relation(embeddings, boxes, valid, training=training)
-        patch_logits = predictor.classify(embeddings)
+        patch_logits = predictor(embeddings, part="classify")
         return aggregation_ops.aggregate_patches(patch_logits, valid, self.aggregation, self.lse_r)
 
     def _with_global_patch(self, boxes, valid):
