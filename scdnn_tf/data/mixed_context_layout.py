@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from scdnn_tf.data.shape_draw import GROUNDS, SKY, draw_object, grid, mask_box, textured_surfaces, tile_edges
+from scdnn_tf.data.shape_draw import (GROUNDS, SKY, draw_object, grid, mask_box,
+                                      textured_surfaces, tile_edges)
 
 CLASSES = ["near_red", "near_blue", "far_red", "far_blue", "tree", "person"]
-GROUPS = {"near": ["near_red", "near_blue"], "far": ["far_red", "far_blue"], "other": ["tree", "person"]}
+GROUPS = {"near": ["near_red", "near_blue"], "far": ["far_red", "far_blue"],
+          "other": ["tree", "person"]}
 CUE_COLOURS = {"red": (225, 35, 35), "blue": (40, 60, 225)}
 FAR_FRAME = (2.8, 3.4)  # inner, outer scale of the far frame about the object's centre
 NEAR_ZONE = 1.5  # the near outline lies inside the box scaled by this
@@ -31,7 +33,8 @@ _DRAWN_AS = {"near": "ball", "far": "car"}
 
 def _scaled(box, f):
     """Pixel box (y0, x0, y1, x1) scaled by f about its centre (floats)."""
-    cy, cx, hh, hw = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    cy, cx = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hh, hw = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
     return (cy - f * hh, cx - f * hw, cy + f * hh, cx + f * hw)
 
 
@@ -99,7 +102,8 @@ def render(rng: np.random.Generator, image_size: int = 128):
     The surface kind of each object is the tile under its centre.
     """
     s, k = image_size, image_size / 128.0
-    ys, xs = tile_edges(rng, s, int(rng.integers(2, 4))), tile_edges(rng, s, int(rng.integers(2, 4)))
+    ys = tile_edges(rng, s, int(rng.integers(2, 4)))
+    xs = tile_edges(rng, s, int(rng.integers(2, 4)))
     regions = [(list(_SURFACES)[rng.integers(len(_SURFACES))], ys[i], xs[j], ys[i + 1], xs[j + 1])
                for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
     image = textured_surfaces(rng, s, regions, _SURFACES)

@@ -28,7 +28,8 @@ from scdnn_tf.data.shape_draw import GROUNDS, SKY, draw_object, grid, mask_box, 
 RULES = (("ball", "stone", "grass", "ball", "person"),
          ("car", "wagon", "road", "car", "house"))
 CLASSES = ["ball", "stone", "car", "wagon", "person", "house", "tree", "bird"]
-GROUPS = {"relation": ["ball", "stone", "car", "wagon"], "other": ["person", "house", "tree", "bird"]}
+GROUPS = {"relation": ["ball", "stone", "car", "wagon"],
+          "other": ["person", "house", "tree", "bird"]}
 CONTEXT_REACH = 4.0  # widest context scale the crops are guaranteed not to span columns at
 _SIDE = ("person", "house", "tree", "bird", None)  # what may stand in the far column
 _SURFACES = {"sky": SKY, **GROUNDS}
@@ -105,8 +106,9 @@ def render(rng: np.random.Generator, image_size: int = 128):
         taken, level = [], None
         if rule:
             h, w = _size(rule[3], rng, k)
-            pos = _place(rng, h, w, (top + 1, bottom - h - 1), _x_range(w, s, cut, margin, True), [])
-            y0, x0 = pos  # always fits: the sizes are bounded above
+            # Always fits: the sizes are bounded so that the reach fits in half an image.
+            y0, x0 = _place(rng, h, w, (top + 1, bottom - h - 1),
+                            _x_range(w, s, cut, margin, True), [])
             name = rule[0] if far_name == rule[4] else rule[1]
             add(name, rule[3], near, y0, x0, h, w)
             taken.append((y0, x0, y0 + h, x0 + w))

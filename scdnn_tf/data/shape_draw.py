@@ -13,15 +13,18 @@ YELLOW, GREY, WINDOW = (250, 210, 40), (170, 170, 175), (60, 70, 90)
 
 
 def grid(size):
+    """(yy, xx) float32 [size, size] each: the pixel centres."""
     return np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres (y, x)
 
 
 def disc(yy, xx, y0, x0, d):
+    """Mask of the disc of diameter d whose bounding box has its top-left at (y0, x0)."""
     r = d / 2.0
     return (yy - (y0 + r)) ** 2 + (xx - (x0 + r)) ** 2 <= r * r
 
 
 def triangle(yy, xx, apex, left, right):
+    """Mask of the triangle with (y, x) corners apex, left, right."""
     def side(p, q):
         return (q[1] - p[1]) * (yy - p[0]) - (q[0] - p[0]) * (xx - p[1])
     s = [side(apex, left), side(left, right), side(right, apex)]
@@ -29,6 +32,7 @@ def triangle(yy, xx, apex, left, right):
 
 
 def segment(yy, xx, p, q, width):
+    """Mask of the segment p -> q ((y, x) points) drawn `width` pixels wide."""
     py, px, qy, qx = p[0], p[1], q[0], q[1]
     dy, dx = qy - py, qx - px
     t = np.clip(((yy - py) * dy + (xx - px) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
@@ -36,6 +40,7 @@ def segment(yy, xx, p, q, width):
 
 
 def rect(yy, xx, y0, x0, h, w):
+    """Mask of the h x w rectangle with its top-left at (y0, x0)."""
     return (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
 
 

@@ -11,7 +11,11 @@ one image holds several surfaces, neither does the image as a whole: the object'
 surroundings do. The other classes have their own shape: `tree` (green triangle on a
 trunk), `house` (red square with a roof), `bird` (dark V, on sky), `person` (stick
 figure on grass or road). `layout="bands"` (one sky band over one ground band, so the
-ground is global to the image) is kept for comparison.
+ground is global to the image) is kept for comparison. `layout="relations"`
+(`relations_layout`: classes decided only by another object far away in the same row)
+and `layout="mixed_context"` (`mixed_context_layout`: classes decided by a thin outline
+hugging the object or by a wide frame far out) have their own class lists
+(`LAYOUT_CLASSES`) and report groups (`LAYOUT_GROUPS`).
 
     python -m data_tools.make_shapes --output_dir=/tmp/shapes --num_train=2000 --num_val=500 --seed=0
 
@@ -29,12 +33,13 @@ import os
 import numpy as np
 from PIL import Image
 
-from scdnn_tf.data.tfrecord_writer import ShardedWriter
-from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data import mixed_context_layout, relations_layout
+from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.records import build_example
-from scdnn_tf.data.shape_draw import (GREY, GROUNDS, SKY, WINDOW, YELLOW, draw_object, grid,  # noqa: F401
-                                      mask_box, object_size, textured_surfaces, tile_edges)
+from scdnn_tf.data.shape_draw import (  # noqa: F401  (colours re-exported for users / tests)
+    GREY, GROUNDS, SKY, WINDOW, YELLOW, draw_object, grid, mask_box, object_size,
+    textured_surfaces, tile_edges)
+from scdnn_tf.data.tfrecord_writer import ShardedWriter
 
 CLASSES = ["sun", "ball", "boat", "car", "tree", "house", "bird", "person"]
 CONTEXT_CLASSES = [("sun", "ball"), ("boat", "car")]
@@ -56,8 +61,10 @@ LAYOUTS = ("tiles", "bands", "relations", "mixed_context")
 # experiments report on.
 LAYOUT_CLASSES = {"tiles": CLASSES, "bands": CLASSES, "relations": relations_layout.CLASSES,
                   "mixed_context": mixed_context_layout.CLASSES}
-_TILES_GROUPS = {"context": ["sun", "ball", "boat", "car"], "shape": ["tree", "house", "bird", "person"]}
-LAYOUT_GROUPS = {"tiles": _TILES_GROUPS, "bands": _TILES_GROUPS, "relations": relations_layout.GROUPS,
+_TILES_GROUPS = {"context": ["sun", "ball", "boat", "car"],
+                 "shape": ["tree", "house", "bird", "person"]}
+LAYOUT_GROUPS = {"tiles": _TILES_GROUPS, "bands": _TILES_GROUPS,
+                 "relations": relations_layout.GROUPS,
                  "mixed_context": mixed_context_layout.GROUPS}
 _RENDERERS = {"relations": relations_layout.render, "mixed_context": mixed_context_layout.render}
 # Which classes may stand on each kind of surface.
