@@ -259,12 +259,17 @@ def test_make_shapes_writes_the_layouts_label_map(tmp_path, layout):
         ms.make_shapes(str(tmp_path / "x"), 1, 1, 0, layout="grid")
 
 
-def test_make_shapes_cli_accepts_the_new_layouts(tmp_path):
+def test_make_shapes_cli_accepts_the_new_layouts_same_bytes_in_another_process(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
-        [sys.executable, "-m", "data_tools.make_shapes", f"--output_dir={tmp_path}",
-         "--num_train=2", "--num_val=1", "--layout=mixed_context"],
+        [sys.executable, "-m", "data_tools.make_shapes", f"--output_dir={tmp_path / 'cli'}",
+         "--num_train=2", "--num_val=1", "--layout=mixed_context", "--seed=3"],
         cwd=root, capture_output=True, text=True, check=False,
         env={**os.environ, "PYTHONPATH": root})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_label_map(str(tmp_path / "label_map.txt")) == mc.CLASSES
+    assert read_label_map(str(tmp_path / "cli" / "label_map.txt")) == mc.CLASSES
+    # The same parameters in this process: the same file bytes (the records' feature
+    # maps are serialized in a fixed order).
+    ms.make_shapes(str(tmp_path / "here"), 2, 1, seed=3, layout="mixed_context")
+    for name in ("train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
