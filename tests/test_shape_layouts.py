@@ -72,6 +72,8 @@ def test_new_layouts_deterministic_exact_boxes_any_size(layout):
                 y0, x0, y1, x1 = box * size
                 assert 0 <= y0 < y1 <= size and 0 <= x0 < x1 <= size
     assert not np.array_equal(_scenes(layout, 1, seed=1)[0][0], _scenes(layout, 1, seed=2)[0][0])
+    with pytest.raises(ValueError, match="image_size >= 64"):
+        ms.render_scene(np.random.default_rng(0), 48, layout)
 
 
 def test_groups_partition_each_layouts_classes():
@@ -176,21 +178,28 @@ def test_relations_label_is_the_cue_in_the_same_row():
     assert decoys > 0.5 * (counts["stone"] + counts["wagon"])
 
 
-def _mixed_objects(n=150):
-    for image, objects in _scenes("mixed_context", n):
+def _mixed_objects(n, size):
+    for image, objects in _scenes("mixed_context", n, size=size):
         for name, box, _ in objects:
             group = next(g for g, names in mc.GROUPS.items() if name in names)
-            yield image, name, group, np.round(box * S).astype(int)
+            if group != "other":
+                yield image, name, group, np.round(box * size).astype(int)
 
 
-def _rect_mask(y0, x0, y1, x1):
-    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+def _rect_mask(size, y0, x0, y1, x1):
+    """Pixels [size, size] whose centres lie in the rectangle (pixel units)."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
     return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
 
 
 def _scaled(b, f):
     cy, cx, hh, hw = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, (b[2] - b[0]) / 2, (b[3] - b[1]) / 2
     return cy - f * hh, cx - f * hw, cy + f * hh, cx + f * hw
+
+
+def _far_frame(size, b):
+    return (_rect_mask(size, *_scaled(b, mc.FAR_FRAME[1]))
+            & ~_rect_mask(size, *_scaled(b, mc.FAR_FRAME[0])))
 
 
 def _colour_of(pixels):
@@ -200,47 +209,46 @@ def _colour_of(pixels):
     return None
 
 
-def test_mixed_context_class_is_the_colour_of_its_deciding_ring():
-    seen = {"near": set(), "far": set()}  # (class, distractor colour)
-    for image, name, group, b in _mixed_objects():
-        if group == "other":
-            continue
+@pytest.mark.parametrize("size", [64, 128])
+def test_mixed_context_class_is_the_colour_of_its_deciding_ring(size):
+    seen = set()  # (far-group class, its near outline's colour)
+    for image, name, group, b in _mixed_objects(150, size):
         y0, x0, y1, x1 = b
         r = (y1 - y0) / 2.0
-        yy, xx = np.mgrid[0:S, 0:S] + 0.5
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         d2 = (yy - (y0 + r)) ** 2 + (xx - (x0 + r)) ** 2
         near = ((d2 > r * r) & (d2 <= (r + 1) ** 2) if group == "near"
-                else _rect_mask(y0 - 1, x0 - 1, y1 + 1, x1 + 1) & ~_rect_mask(y0, x0, y1, x1))
-        far = _rect_mask(*_scaled(b, mc.FAR_FRAME[1])) & ~_rect_mask(*_scaled(b, mc.FAR_FRAME[0]))
+                else _rect_mask(size, y0 - 1, x0 - 1, y1 + 1, x1 + 1)
+                & ~_rect_mask(size, y0, x0, y1, x1))
         near_colour = _colour_of(image[near])
         assert near_colour is not None, (name, b)  # the outline is intact all round
         if group == "near":
             assert name == f"near_{near_colour}"
         else:
+            far = _far_frame(size, b)
             assert far.any() and _colour_of(image[far]) == name.split("_")[1]
-            seen["far"].add((name, near_colour))
+            seen.add((name, near_colour))
     # The other group's cue is a random distractor: both colours occur with each class.
-    assert seen["far"] == {(n, c) for n in mc.GROUPS["far"] for c in mc.CUE_COLOURS}
+    assert seen == {(n, c) for n in mc.GROUPS["far"] for c in mc.CUE_COLOURS}
 
 
-def test_mixed_context_near_cue_in_small_crop_far_cue_only_in_large():
+@pytest.mark.parametrize("size", [64, 128])
+def test_mixed_context_near_cue_in_small_crop_far_cue_only_in_large(size):
     checked = 0
-    for image, name, group, b in _mixed_objects(60):
-        if group == "other":
-            continue
-        box = b / S
-        inside = {s: _rect_mask(*(np.array(_scaled(b, s)))) for s in (1.5, 2.5, 4.0)}
-        near = _rect_mask(b[0] - 3, b[1] - 3, b[2] + 3, b[3] + 3)  # the widest outline
+    colours = [np.array(c) for c in mc.CUE_COLOURS.values()]
+    for image, name, group, b in _mixed_objects(60, size):
+        inside = {s: _rect_mask(size, *_scaled(b, s)) for s in (1.5, 2.5, 4.0)}
+        t = (b[2] - b[0]) // 4  # the widest outline the layout draws for this object
+        near = _rect_mask(size, b[0] - t, b[1] - t, b[2] + t, b[3] + t)
         assert np.all(inside[1.5][near]), name
-        far = _rect_mask(*_scaled(b, mc.FAR_FRAME[1])) & ~_rect_mask(*_scaled(b, mc.FAR_FRAME[0]))
+        far = _far_frame(size, b)
         assert far.any() and not np.any(far & inside[2.5]) and np.all(inside[4.0][far])
-        # In pixels: the scale-1.5 crop holds the near colour; at scale 4 the far frame.
-        colours = [np.array(c) for c in mc.CUE_COLOURS.values()]
-        crop15 = image[_crop(box, 1.5)]
+        # In pixels: the scale-1.5 crop holds the near colour; the far frame has the
+        # class colour (far group) wherever it is in the image.
+        crop15 = image[_crop(b / size, 1.5, size)]
         assert any(np.all(crop15 == c, -1).any() for c in colours)
         if group == "far":
-            rgb = mc.CUE_COLOURS[name.split("_")[1]]
-            assert np.all(image[far] == rgb)
+            assert np.all(image[far] == mc.CUE_COLOURS[name.split("_")[1]])
         checked += 1
     assert checked > 60
 

@@ -20,6 +20,7 @@ import numpy as np
 from scdnn_tf.data.shape_draw import (GROUNDS, SKY, draw_object, grid, mask_box,
                                       textured_surfaces, tile_edges)
 
+MIN_SIZE = 64  # pixels
 CLASSES = ["near_red", "near_blue", "far_red", "far_blue", "tree", "person"]
 GROUPS = {"near": ["near_red", "near_blue"], "far": ["far_red", "far_blue"],
           "other": ["tree", "person"]}
@@ -101,6 +102,8 @@ def render(rng: np.random.Generator, image_size: int = 128):
 
     The surface kind of each object is the tile under its centre.
     """
+    if image_size < MIN_SIZE:  # below it the cues' pixel margins no longer fit
+        raise ValueError(f"layout 'mixed_context' needs image_size >= {MIN_SIZE}, got {image_size}")
     s, k = image_size, image_size / 128.0
     ys = tile_edges(rng, s, int(rng.integers(2, 4)))
     xs = tile_edges(rng, s, int(rng.integers(2, 4)))
@@ -126,7 +129,8 @@ def render(rng: np.random.Generator, image_size: int = 128):
         colours = [list(CUE_COLOURS)[c] for c in rng.integers(2, size=2)]  # near, far
         if group != "other":  # the class names the deciding cue's colour
             colours[0 if group == "near" else 1] = name.split("_")[1]
-        t = max(1, int(round(rng.integers(1, 4) * k)))
+        # Outline width: within the near zone (r + t <= 1.5 r) at every image size.
+        t = max(1, min(int(round(rng.integers(1, 4) * k)), h // 4))
         placed.append((box, group))
         specs.append((name, group, box, colours, t))
     yy, xx = grid(s)

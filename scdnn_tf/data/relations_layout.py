@@ -27,6 +27,7 @@ from scdnn_tf.data.shape_draw import GROUNDS, SKY, draw_object, grid, mask_box, 
 # the cue: the first class iff an object of the cue class stands in the same row.
 RULES = (("ball", "stone", "grass", "ball", "person"),
          ("car", "wagon", "road", "car", "house"))
+MIN_SIZE = 64  # pixels
 CLASSES = ["ball", "stone", "car", "wagon", "person", "house", "tree", "bird"]
 GROUPS = {"relation": ["ball", "stone", "car", "wagon"],
           "other": ["person", "house", "tree", "bird"]}
@@ -77,6 +78,8 @@ def _rows(rng, s):
 
 def render(rng: np.random.Generator, image_size: int = 128):
     """Draws one `relations` scene; returns (image uint8 [S, S, 3], objects) as `render_scene`."""
+    if image_size < MIN_SIZE:  # below it the cues' pixel margins no longer fit
+        raise ValueError(f"layout 'relations' needs image_size >= {MIN_SIZE}, got {image_size}")
     s, k = image_size, image_size / 128.0
     cut, margin = s // 2, max(1, int(round(2 * k)))
     rows = _rows(rng, s)
