@@ -23,7 +23,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Random seed (same seed -> identical files).")
     flags.DEFINE_integer("image_size", 128, "Image side in pixels (32..256).")
     flags.DEFINE_enum("layout", "tiles", list(LAYOUTS), "tiles: local surfaces (an "
-                      "irregular grid); bands: one sky band over one ground band.")
+                      "irregular grid); bands: one sky band over one ground band; relations: "
+                      "classes decided by a far object in the same row; mixed_context: classes "
+                      "decided by a near outline or a far frame.")
     flags.mark_flag_as_required("output_dir")
 
 

@@ -11,7 +11,11 @@ one image holds several surfaces, neither does the image as a whole: the object'
 surroundings do. The other classes have their own shape: `tree` (green triangle on a
 trunk), `house` (red square with a roof), `bird` (dark V, on sky), `person` (stick
 figure on grass or road). `layout="bands"` (one sky band over one ground band, so the
-ground is global to the image) is kept for comparison.
+ground is global to the image) is kept for comparison. `layout="relations"`
+(`relations_layout`: classes decided only by another object far away in the same row)
+and `layout="mixed_context"` (`mixed_context_layout`: classes decided by a thin outline
+hugging the object or by a wide frame far out) have their own class lists
+(`LAYOUT_CLASSES`) and report groups (`LAYOUT_GROUPS`).
 
     python -m data_tools.make_shapes --output_dir=/tmp/shapes --num_train=2000 --num_val=500 --seed=0
 
@@ -29,105 +33,21 @@ import os
 import numpy as np
 from PIL import Image
 
-from scdnn_tf.data.tfrecord_writer import ShardedWriter
+from scdnn_tf.data import mixed_context_layout, relations_layout
 from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.records import build_example
+from scdnn_tf.data.shape_draw import (  # noqa: F401  (colours re-exported for users / tests)
+    GREY, GROUNDS, SKY, WINDOW, YELLOW, draw_object, grid, mask_box, object_size,
+    textured_surfaces, tile_edges)
+from scdnn_tf.data.tfrecord_writer import ShardedWriter
 
 CLASSES = ["sun", "ball", "boat", "car", "tree", "house", "bird", "person"]
 CONTEXT_CLASSES = [("sun", "ball"), ("boat", "car")]
-GROUNDS = {"grass": (80, 160, 60), "water": (40, 90, 170), "road": (95, 95, 100)}
-SKY = (150, 200, 240)
-YELLOW, GREY, WINDOW = (250, 210, 40), (170, 170, 175), (60, 70, 90)
 # Which classes may appear over each ground (sky objects go with every ground).
 _ON_GROUND = {"grass": ["ball", "tree", "house", "person"], "water": ["boat"],
               "road": ["car", "person", "house", "tree"]}
 _IN_SKY = ["sun", "bird"]
 META = "shapes_meta.json"
-
-
-def _grid(size):
-    return np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres (y, x)
-
-
-def _disc(yy, xx, y0, x0, d):
-    r = d / 2.0
-    return (yy - (y0 + r)) ** 2 + (xx - (x0 + r)) ** 2 <= r * r
-
-
-def _triangle(yy, xx, apex, left, right):
-    def side(p, q):
-        return (q[1] - p[1]) * (yy - p[0]) - (q[0] - p[0]) * (xx - p[1])
-    s = [side(apex, left), side(left, right), side(right, apex)]
-    return ((s[0] >= 0) & (s[1] >= 0) & (s[2] >= 0)) | ((s[0] <= 0) & (s[1] <= 0) & (s[2] <= 0))
-
-
-def _segment(yy, xx, p, q, width):
-    py, px, qy, qx = p[0], p[1], q[0], q[1]
-    dy, dx = qy - py, qx - px
-    t = np.clip(((yy - py) * dy + (xx - px) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
-    return (yy - (py + t * dy)) ** 2 + (xx - (px + t * dx)) ** 2 <= (width / 2.0) ** 2
-
-
-def _rect(yy, xx, y0, x0, h, w):
-    return (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
-
-
-def _object_size(name, rng, k):
-    """(height, width) in pixels at scale k = image_size / 128."""
-    if name in ("sun", "ball"):  # the same distribution: identical object pixels
-        d = int(round(rng.integers(10, 25) * k))
-        return d, d
-    if name in ("boat", "car"):
-        return int(round(rng.integers(10, 17) * k)), int(round(rng.integers(20, 37) * k))
-    if name == "tree":
-        h = int(round(rng.integers(18, 33) * k))
-        return h, int(round(h * 0.7))
-    if name == "house":
-        w = int(round(rng.integers(14, 27) * k))
-        return int(round(w * 1.5)), w
-    if name == "bird":
-        w = int(round(rng.integers(12, 19) * k))
-        return w // 2, w
-    h = int(round(rng.integers(18, 31) * k))  # person
-    return h, max(int(round(h * 0.5)), 5)
-
-
-def _draw(image, yy, xx, name, y0, x0, h, w):
-    """Paints one object with its top-left at (y0, x0); returns its pixel mask."""
-    layers = []  # (mask, colour), painted in order
-    if name in ("sun", "ball"):
-        layers.append((_disc(yy, xx, y0, x0, h), YELLOW))
-    elif name in ("boat", "car"):
-        body = _rect(yy, xx, y0, x0, h, w)
-        win = _rect(yy, xx, y0 + h * 0.2, x0 + w * 0.2, h * 0.35, w * 0.6)
-        layers += [(body, GREY), (win, WINDOW)]
-    elif name == "tree":
-        th = max(int(h * 0.25), 2)
-        layers.append((_rect(yy, xx, y0 + h - th, x0 + w * 0.4, th, max(w * 0.2, 2)), (110, 70, 30)))
-        layers.append((_triangle(yy, xx, (y0, x0 + w / 2), (y0 + h - th, x0), (y0 + h - th, x0 + w)),
-                       (20, 100, 30)))
-    elif name == "house":
-        roof = h - w
-        layers.append((_triangle(yy, xx, (y0, x0 + w / 2), (y0 + roof, x0), (y0 + roof, x0 + w)),
-                       (90, 40, 30)))
-        layers.append((_rect(yy, xx, y0 + roof, x0, w, w), (200, 40, 40)))
-    elif name == "bird":
-        lw = max(w / 8.0, 1.5)
-        layers.append((_segment(yy, xx, (y0, x0), (y0 + h, x0 + w / 2), lw)
-                       | _segment(yy, xx, (y0 + h, x0 + w / 2), (y0, x0 + w), lw), (30, 30, 40)))
-    else:  # person
-        lw, r = max(w / 5.0, 1.5), w / 2.0
-        cx, neck, hip = x0 + w / 2, y0 + r * 1.2, y0 + h * 0.6
-        mask = _disc(yy, xx, y0, cx - r * 0.6, r * 1.2)
-        for p, q in [((neck, cx), (hip, cx)), ((hip, cx), (y0 + h, x0)), ((hip, cx), (y0 + h, x0 + w)),
-                     ((neck + h * 0.1, x0), (neck + h * 0.1, x0 + w))]:
-            mask |= _segment(yy, xx, p, q, lw)
-        layers.append((mask, (20, 20, 20)))
-    union = np.zeros(yy.shape, bool)
-    for mask, colour in layers:
-        image[mask] = colour
-        union |= mask
-    return union
 
 
 def _iou(a, b):
@@ -136,17 +56,20 @@ def _iou(a, b):
     return inter / float(area(a) + area(b) - inter)
 
 
-LAYOUTS = ("tiles", "bands")
+LAYOUTS = ("tiles", "bands", "relations", "mixed_context")
+# Each layout's class list (the label map `make_shapes` writes) and the class groups the
+# experiments report on.
+LAYOUT_CLASSES = {"tiles": CLASSES, "bands": CLASSES, "relations": relations_layout.CLASSES,
+                  "mixed_context": mixed_context_layout.CLASSES}
+_TILES_GROUPS = {"context": ["sun", "ball", "boat", "car"],
+                 "shape": ["tree", "house", "bird", "person"]}
+LAYOUT_GROUPS = {"tiles": _TILES_GROUPS, "bands": _TILES_GROUPS,
+                 "relations": relations_layout.GROUPS,
+                 "mixed_context": mixed_context_layout.GROUPS}
+_RENDERERS = {"relations": relations_layout.render, "mixed_context": mixed_context_layout.render}
 # Which classes may stand on each kind of surface.
 _ON_SURFACE = {"sky": _IN_SKY, **_ON_GROUND}
 SURFACES = {"sky": SKY, **GROUNDS}
-
-
-def _tile_edges(rng, s, n):
-    """n + 1 integer cut positions 0 = e_0 < ... < e_n = s, interior ones jittered."""
-    edges = np.linspace(0.0, s, n + 1)
-    edges[1:-1] += rng.uniform(-0.2, 0.2, n - 1) * s / n
-    return np.round(edges).astype(int)
 
 
 def _regions(rng, s, layout):
@@ -160,7 +83,7 @@ def _regions(rng, s, layout):
         horizon = int(round(rng.uniform(0.35, 0.65) * s))
         ground = list(GROUNDS)[rng.integers(len(GROUNDS))]
         return [("sky", 0, 0, horizon, s), (ground, horizon, 0, s, s)]
-    ys, xs = _tile_edges(rng, s, int(rng.integers(2, 4))), _tile_edges(rng, s, int(rng.integers(2, 4)))
+    ys, xs = tile_edges(rng, s, int(rng.integers(2, 4))), tile_edges(rng, s, int(rng.integers(2, 4)))
     cells = [(ys[i], xs[j], ys[i + 1], xs[j + 1]) for i in range(len(ys) - 1)
              for j in range(len(xs) - 1)]
     while True:
@@ -175,8 +98,10 @@ def render_scene(rng: np.random.Generator, image_size: int = 128, layout: str = 
     Args:
       rng: the scene's random generator.
       image_size: side in pixels.
-      layout: "tiles" (local surfaces, the demo's default) or "bands" (one sky band
-        over one ground band).
+      layout: "tiles" (local surfaces, the demo's default), "bands" (one sky band
+        over one ground band), "relations" (classes decided by a far object in the same
+        row, `relations_layout`) or "mixed_context" (classes decided by a near outline or
+        a far frame, `mixed_context_layout`).
 
     Returns:
       (image uint8 [S, S, 3], objects: list of (class name, box [4] normalized yxyx,
@@ -185,20 +110,18 @@ def render_scene(rng: np.random.Generator, image_size: int = 128, layout: str = 
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout in _RENDERERS:
+        return _RENDERERS[layout](rng, image_size)
     s, k = image_size, image_size / 128.0
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     regions = _regions(rng, s, layout)
-    image = np.empty((s, s, 3), np.uint8)
-    for kind, y0, x0, y1, x1 in regions:
-        image[y0:y1, x0:x1] = SURFACES[kind]
-    noise = rng.integers(-6, 7, size=(s, s, 1))  # mild texture, drawn under the objects
-    image[:] = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+    image = textured_surfaces(rng, s, regions, SURFACES)  # texture drawn under the objects
     placed, objects = [], []
     for _ in range(int(rng.integers(2, 6))):
         kind, top, left, bottom, right = regions[rng.integers(len(regions))]
         candidates = _ON_SURFACE[kind]
         name = candidates[rng.integers(len(candidates))]
-        h, w = _object_size(name, rng, k)
+        h, w = object_size(name, rng, k)
         if h > bottom - top or w > right - left:  # a small region: shrink the object to fit
             f = min((bottom - top) / h, (right - left) / w)
             h, w = int(h * f), int(w * f)
@@ -214,15 +137,13 @@ def render_scene(rng: np.random.Generator, image_size: int = 128, layout: str = 
                 break
         else:
             continue
-        mask = _draw(image, yy, xx, name, y0, x0, h, w)
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        mask = draw_object(image, yy, xx, name, y0, x0, h, w)
         placed.append(box)
-        objects.append((name, np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1],
-                                       np.float32) / s, kind))
+        objects.append((name, mask_box(mask) / s, kind))
     return image, objects
 
 
-def _example(image, objects, index, split):
+def _example(image, objects, index, split, classes):
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
     names = [o[0] for o in objects]
@@ -230,7 +151,7 @@ def _example(image, objects, index, split):
         encoded=buf.getvalue(), image_format="png", height=image.shape[0], width=image.shape[1],
         filename=f"{split}_{index:06d}.png", source_id=f"{split}-{index}",
         boxes=np.stack([o[1] for o in objects]) if objects else np.zeros((0, 4)),
-        classes=[CLASSES.index(n) for n in names], class_texts=names)
+        classes=[classes.index(n) for n in names], class_texts=names)
 
 
 def make_shapes(output_dir: str, num_train: int, num_val: int, seed: int,
@@ -240,8 +161,11 @@ def make_shapes(output_dir: str, num_train: int, num_val: int, seed: int,
         raise ValueError(f"image_size must be in 32..256, got {image_size!r}")
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train/num_val must be >= 0, got {num_train}, {num_val}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out = {"label_map": os.path.join(output_dir, "label_map.txt")}
-    write_label_map(out["label_map"], CLASSES)
+    classes = LAYOUT_CLASSES[layout]
+    write_label_map(out["label_map"], classes)
     for split_id, (split, n) in enumerate([("train", num_train), ("val", num_val)]):
         for stale in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord")):
             os.remove(stale)  # an earlier run with another shard count
@@ -250,7 +174,7 @@ def make_shapes(output_dir: str, num_train: int, num_val: int, seed: int,
             for i in range(n):
                 # One generator per image: an image does not depend on the split sizes.
                 rng = np.random.default_rng([seed, split_id, i])
-                writer.write(_example(*render_scene(rng, image_size, layout), i, split))
+                writer.write(_example(*render_scene(rng, image_size, layout), i, split, classes))
         out[split] = writer.paths
     return out
 

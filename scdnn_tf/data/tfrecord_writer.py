@@ -79,7 +79,10 @@ class ShardedWriter:
         """Appends one example (a `tf.train.Example` or its serialized bytes)."""
         if self._closed:
             raise ValueError("ShardedWriter.write called after close()/abort()")
-        data = example if isinstance(example, bytes) else example.SerializeToString()
+        # deterministic: the feature map's order otherwise varies from process to process,
+        # and the same input would give different file bytes.
+        data = example if isinstance(example, bytes) else example.SerializeToString(
+            deterministic=True)
         self._writers[self.num_written % len(self._writers)].write(data)
         self.num_written += 1
 
