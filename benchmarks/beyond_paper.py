@@ -25,11 +25,11 @@ x100, mean over seeds (per seed in brackets).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
+from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads: quiet cost-model logs
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -113,7 +113,8 @@ def real_experiment(settings: Settings, report=print) -> dict:
         for variant, cells in lib.summarize(results, None, set_name).items():
             summary.setdefault(variant, {})[column] = cells["mAP"]
     deltas = _deltas([(v, "paper") for v in REAL_VARIANTS if v != "paper"], summary)
-    table = (f"train {split['images']['train']} photos ({', '.join(data.TRAIN_COCO + data.TRAIN_YOLO)}), "
+    train_sets = ", ".join(data.TRAIN_COCO + data.TRAIN_YOLO)
+    table = (f"train {split['images']['train']} photos ({train_sets}), "
              f"held out {split['images']['eval']} ({', '.join(data.EVAL_COCO)}); "
              f"{settings.real_train_steps} steps\n\n"
              + lib.markdown_table(summary, ["held-out mAP", "train mAP (fit)"], deltas))
@@ -165,25 +166,31 @@ def run_experiments(names, settings: Settings, json_out: str, report=print) -> d
     return out
 
 
-flags.DEFINE_list("experiments", list(EXPERIMENTS), "Experiments to run.")
-flags.DEFINE_list("seeds", ["0", "1"], "Training seeds (each trains every variant).")
-flags.DEFINE_integer("train_steps", 800, "Steps per run of the scene experiments.", lower_bound=1)
-flags.DEFINE_integer("real_train_steps", 600, "Steps per run on the real photos (the issue's "
-                     "comparison used 1500).", lower_bound=1)
-flags.DEFINE_string("out_dir", "/tmp/beyond_paper", "Data, model_dirs and per-run results.")
-flags.DEFINE_string("json_out", "beyond_paper.json", "Results file (merged across runs).")
-flags.DEFINE_integer("parallel", 1, "Training processes at once (threads split between them).",
-                     lower_bound=1)
-flags.DEFINE_string("real_data_dir", os.path.join(os.path.dirname(lib.REPO), "shared", "data",
-                                                  "coco_real"),
-                    "Folder of the real COCO collections (coco_mini, coco128, coco_tiny, "
-                    "tiny_coco).")
-flags.DEFINE_integer("shapes_train", 2000, "Training scenes per layout.", lower_bound=1)
-flags.DEFINE_integer("shapes_val", 500, "Validation scenes per layout.", lower_bound=1)
-flags.DEFINE_list("variants", [], "Only these variants (table row names; empty = all).")
-flags.DEFINE_integer("cost_rounds", 3, "Alternating timing rounds (median).", lower_bound=1)
-flags.DEFINE_integer("cost_steps", 2, "Train steps per contender per round.", lower_bound=1)
-flags.DEFINE_list("cost_sizes", list(cost.SIZES), "Sizes of the cost experiment.")
+def define_flags() -> None:
+    """The CLI flags (defined from `__main__` only: importing the module defines none, so it
+    can share a process with other benchmarks)."""
+    flags.DEFINE_list("experiments", list(EXPERIMENTS), "Experiments to run.")
+    flags.DEFINE_list("seeds", ["0", "1"], "Training seeds (each trains every variant).")
+    flags.DEFINE_integer("train_steps", 800, "Steps per run of the scene experiments.",
+                         lower_bound=1)
+    flags.DEFINE_integer("real_train_steps", 600, "Steps per run on the real photos (the issue's "
+                         "comparison used 1500).", lower_bound=1)
+    flags.DEFINE_string("out_dir", "/tmp/beyond_paper", "Data, model_dirs and per-run results.")
+    flags.DEFINE_string("json_out", "beyond_paper.json", "Results file (merged across runs).")
+    flags.DEFINE_integer("parallel", 1, "Training processes at once (threads split between "
+                         "them).", lower_bound=1)
+    flags.DEFINE_string("real_data_dir",
+                        os.path.join(os.path.dirname(lib.REPO), "shared", "data", "coco_real"),
+                        "Folder of the real COCO collections (coco_mini, coco128, coco_tiny, "
+                        "tiny_coco).")
+    flags.DEFINE_integer("shapes_train", 2000, "Training scenes per layout.", lower_bound=1)
+    flags.DEFINE_integer("shapes_val", 500, "Validation scenes per layout.", lower_bound=1)
+    flags.DEFINE_list("variants", [], "Only these variants (table row names; empty = all).")
+    flags.DEFINE_integer("cost_rounds", 3, "Alternating timing rounds (median).", lower_bound=1)
+    flags.DEFINE_integer("cost_steps", 2, "Train steps per contender per round.", lower_bound=1)
+    flags.DEFINE_list("cost_sizes", list(cost.SIZES), "Sizes of the cost experiment.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -201,4 +208,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    cli.run(main)

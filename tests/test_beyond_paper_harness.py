@@ -21,6 +21,13 @@ def _result(variant, seed, per_class, m_ap, set_name="val"):
             "eval": {set_name: {"mAP": m_ap, "per_class_AP": per_class}}}
 
 
+def test_importing_the_cli_defines_no_flags_so_it_shares_a_process_with_other_benchmarks():
+    from absl import flags  # noqa: PLC0415
+
+    from benchmarks import light_accuracy  # noqa: F401, PLC0415 (defines `seeds` on import)
+    assert "experiments" not in flags.FLAGS
+
+
 def test_group_ap_means_each_group_and_leaves_out_classes_without_positives():
     per_class = {"sun": 0.9, "ball": 0.5, "tree": None, "house": 0.6}
     groups = {"pair": ["sun", "ball"], "rest": ["tree", "house"], "empty": ["tree"]}
@@ -64,7 +71,8 @@ def test_make_runs_is_seed_major_and_drops_a_warmup_that_does_not_fit():
     assert short[0].warmup_steps == 0
     cmd = beyond_paper_lib.train_command(runs[1], "/m")
     # The option comes after the flagfile: it overrides the recipe.
-    assert cmd.index("--relation=attention") > cmd.index(f"--flagfile={beyond_paper_lib.DEMO_FLAGS}")
+    flagfile = f"--flagfile={beyond_paper_lib.DEMO_FLAGS}"
+    assert cmd.index("--relation=attention") > cmd.index(flagfile)
     assert {"--model_dir=/m", "--seed=0", "--train_steps=800", "--eval_every=800"} <= set(cmd)
 
 
