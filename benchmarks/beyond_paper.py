@@ -49,7 +49,8 @@ SHAPE_VARIANTS = {
 }
 SHAPE_DELTAS = {"relations": [("attention", "none")],
                 "mixed_context": [("scales 1.5,2.5,4", s) for s in ("scale 1.5", "scale 2.5",
-                                                                     "scale 4")],
+                                                                     "scale 4")]
+                + [("scales 1.5,2.5,4", ("scale 1.5", "scale 2.5", "scale 4"))],
                 "tiles": [(o, "paper") for o in OPTIONS if o != "paper"]}
 REAL_VARIANTS = {"paper": (), "global_patch": (GLOBAL,), "relation": (RELATION,),
                  "both": (GLOBAL, RELATION), "baseline": ("--model=baseline",)}
@@ -82,7 +83,9 @@ def _chosen(variants: dict, settings: Settings) -> dict:
 
 
 def _deltas(pairs, summary):
-    return [(a, b) for a, b in pairs if a in summary and b in summary]
+    """The (a, b) pairs whose variants all ran (b: a name or a tuple of names)."""
+    return [(a, b) for a, b in pairs
+            if a in summary and all(n in summary for n in (b if isinstance(b, tuple) else (b,)))]
 
 
 def shapes_experiment(name: str, settings: Settings, report=print) -> dict:

@@ -233,9 +233,21 @@ def _fmt(value, signed=False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
+def _reference(summary: dict, b, column: str):
+    """Mean of variant `b` in `column`; for a tuple of variants, the best (largest) mean."""
+    names = b if isinstance(b, tuple) else (b,)
+    means = [summary[n][column]["mean"] for n in names]
+    return None if any(m is None for m in means) else max(means)
+
+
+def delta_label(a: str, b) -> str:
+    return f"{a} - best of ({', '.join(b)})" if isinstance(b, tuple) else f"{a} - {b}"
+
+
 def markdown_table(summary: dict, columns: list[str], deltas=()) -> str:
-    """Rows: each variant's mean x100 (per-seed values in brackets); then a row "a - b" per
-    (a, b) in `deltas`, the difference of the means."""
+    """Rows: each variant's mean x100 (per-seed values in brackets); then a row per (a, b)
+    in `deltas`: a's mean minus b's (b a tuple of variants: minus the best of their means,
+    column by column)."""
     lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for variant, cells in summary.items():
         shown = []
@@ -247,7 +259,7 @@ def markdown_table(summary: dict, columns: list[str], deltas=()) -> str:
     for a, b in deltas:
         diffs = []
         for column in columns:
-            x, y = summary[a][column]["mean"], summary[b][column]["mean"]
+            x, y = summary[a][column]["mean"], _reference(summary, b, column)
             diffs.append(_fmt(None if x is None or y is None else x - y, signed=True))
-        lines.append(f"| {a} - {b} | " + " | ".join(diffs) + " |")
+        lines.append(f"| {delta_label(a, b)} | " + " | ".join(diffs) + " |")
     return "\n".join(lines)

@@ -54,6 +54,18 @@ def test_summary_and_table_mean_over_seeds_with_per_seed_values_and_deltas():
     assert lines[4] == "| attention - none | +17.5 | +30.0 | +0.0 |"
 
 
+def test_delta_against_the_best_of_several_variants_takes_the_best_per_column():
+    results = [_result("s1", 0, {"near": 0.9, "far": 0.3}, 0.6),
+               _result("s4", 0, {"near": 0.4, "far": 0.8}, 0.6),
+               _result("multi", 0, {"near": 0.85, "far": 0.9}, 0.875)]
+    summary = beyond_paper_lib.summarize(results, {"near": ["near"], "far": ["far"]}, "val")
+    deltas = beyond_paper._deltas([("multi", ("s1", "s4")), ("multi", ("s1", "absent"))],
+                                  summary)
+    assert deltas == [("multi", ("s1", "s4"))]  # a pair with a variant that did not run: out
+    table = beyond_paper_lib.markdown_table(summary, ["near", "far"], deltas)
+    assert table.splitlines()[-1] == "| multi - best of (s1, s4) | -5.0 | +10.0 |"
+
+
 def test_table_shows_missing_values_as_na():
     summary = beyond_paper_lib.summarize([_result("x", 0, {"a": None}, 0.5)], {"g": ["a"]}, "val")
     table = beyond_paper_lib.markdown_table(summary, ["mAP", "g", "absent"])
