@@ -4,7 +4,7 @@ whole-image patch) against the paper configuration.
     python -m benchmarks.beyond_paper [--experiments=relations,mixed_context,tiles,real,cost]
         [--seeds=0,1] [--train_steps=800] [--real_train_steps=600] [--parallel=1]
         [--out_dir=/tmp/beyond_paper] [--json_out=beyond_paper.json]
-        [--real_data_dir=../shared/data/coco_real] [--variants=...]
+        [--real_data_dir=DIR] [--variants=...]
 
 Experiments (each run: one fresh `python -m scdnn_tf.train` process on the demo recipe
 `configs/demo.flags`, then `python -m scdnn_tf.evaluate` of its final checkpoint, whose
@@ -13,7 +13,8 @@ metrics json gives the per-class AP):
   mixed_context  scenes of `--layout=mixed_context`: context_scale 1.5 / 2.5 / 4 vs
                  context_scales 1.5,2.5,4; per-group AP
   tiles          the demo scenes: paper vs each option; mAP
-  real           real COCO photos, fixed split by collection (benchmarks/beyond_paper_data.py),
+  real           real COCO photos in --real_data_dir (default: shared/data/coco_real beside
+                 the repository), fixed split by collection (benchmarks/beyond_paper_data.py),
                  160 px recipe: paper, +global_patch, +relation, +both, the GAP baseline;
                  held-out mAP and the training-set mAP (fit check)
   cost           parameters and train step time ratio of each option vs the paper config
