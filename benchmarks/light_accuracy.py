@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from benchmarks.train_log import parse_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIGHT_FLAGS = ("--min_level=3", "--fpn_channels=32", "--anchor_sizes=32,64,128")
@@ -32,21 +33,6 @@ flags.DEFINE_integer("train_steps", 800, "Steps per run (the demo's schedule: 80
 flags.DEFINE_string("out_dir", "/tmp/light_accuracy", "Where the run directories go.")
 flags.DEFINE_string("json_out", "light_accuracy.json", "Where to write the results.")
 FLAGS = flags.FLAGS
-
-_METRICS = re.compile(r"final validation metrics: (\{.*\})")
-_RATE = re.compile(r"step (\d+)/\d+ .* ([0-9.]+) img/s")
-
-
-def parse_log(text: str) -> dict:
-    """Final metrics and the median logged images/s (first progress line excluded: it
-    includes tracing) from a training log."""
-    found = _METRICS.findall(text)
-    if not found:
-        raise RuntimeError("the run logged no final validation metrics:\n" + text[-2000:])
-    rates = [float(r) for _, r in _RATE.findall(text)][1:]
-    return {"metrics": json.loads(found[-1]),
-            "train_images_per_s": statistics.median(rates) if rates else None}
-
 
 def train_once(variant: str, seed: int, steps: int, out_dir: str) -> dict:
     model_dir = os.path.join(out_dir, f"{variant}_seed{seed}")
