@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from scdnn_tf.modeling.relation import (PatchRelation, box_geometry, key_padding_mask,
-                                        sinusoidal_embedding)
+                                        relate_compact, sinusoidal_embedding, valid_first)
 
 
 def _inputs(seed=0, batch=2, num=6, units=16):
@@ -74,3 +74,13 @@ def test_output_shape_dtype_and_config_round_trip():
 def test_invalid_arguments_echo_value(name, value):
     with pytest.raises(ValueError, match=f"{name} must be >= 1, got {value}"):
         PatchRelation(**{name: value})
+
+
+def test_compact_call_equals_the_full_call_on_valid_slots():
+    emb, boxes, valid = _inputs(seed=3)
+    layer = PatchRelation(name="relation")
+    full = layer(emb, boxes, valid).numpy()
+    compact = relate_compact(layer, tf.constant(emb), tf.constant(boxes), tf.constant(valid))
+    np.testing.assert_allclose(compact.numpy()[valid], full[valid], atol=1e-4)
+    index = valid_first(tf.constant(valid)).numpy()
+    assert index.shape == (2, 3) and list(index[0]) == [0, 1, 3] and index[1, 0] == 0

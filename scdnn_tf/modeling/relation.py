@@ -8,8 +8,9 @@ box geometry, go through a small pre-norm transformer encoder before the logits:
     h [B,N,U] + Dense(sinusoids(box geometry)) -> L x (h += MHA(LN(h)); h += FFN(LN(h)))
 
 Attention is masked to the image's valid patches: a padding slot is never a key, so
-its content cannot change any valid patch's output. Shapes are static ([B,N] slots),
-so the module runs under XLA and tf.distribute unchanged.
+its content cannot change any valid patch's output. The layer's shapes are static
+([B,N] slots), so it runs under XLA; outside XLA, `relate_compact` runs it on the valid
+slots only (in training most slots are padding of the appended ground truth).
 """
 
 from __future__ import annotations
@@ -67,6 +68,38 @@ def key_padding_mask(valid):
     valid = tf.cast(valid, tf.bool)
     n = tf.shape(valid)[1]
     return tf.tile(valid[:, tf.newaxis, :], [1, n, 1])
+
+
+def valid_first(valid):
+    """Per image, slot indices with the valid slots first, cut to the batch's largest count.
+
+    Args:
+      valid: [B, N] bool.
+
+    Returns:
+      int32 [B, K], K = max valid slots of an image (dynamic): gather with it, attend,
+      scatter back (`relate_compact`).
+    """
+    valid = tf.cast(valid, tf.bool)
+    order = tf.argsort(tf.cast(tf.logical_not(valid), tf.int32), axis=1, stable=True)
+    return order[:, :tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))]
+
+
+def relate_compact(relation, embeddings, boxes, valid, training=False):
+    """`relation(embeddings, boxes, valid)` on each image's valid slots only.
+
+    Same values on the valid slots as the full call (padding is masked anyway), at a
+    fraction of the cost when most slots are padding (in training, the slots of the
+    appended ground truth). Padding slots hold arbitrary values (masked downstream, as
+    in the full call). Dynamic shapes: not for XLA.
+    """
+    index = valid_first(valid)
+    refined = relation(tf.gather(embeddings, index, batch_dims=1),
+                       tf.gather(boxes, index, batch_dims=1),
+                       tf.gather(valid, index, batch_dims=1), training=training)
+    batch = tf.broadcast_to(tf.range(tf.shape(index)[0])[:, tf.newaxis], tf.shape(index))
+    return tf.tensor_scatter_nd_update(embeddings, tf.stack([batch, index], -1),
+                                       tf.cast(refined, embeddings.dtype))
 
 
 @keras.saving.register_keras_serializable(package="scdnn_tf")

@@ -32,7 +32,7 @@ from scdnn_tf.modeling.multilabel_model import MultiLabelModel
 from scdnn_tf.modeling.patch_generator import (ContextPatchGenerator, ObjectPatchGenerator,
                                                context_patches)
 from scdnn_tf.modeling.patch_heads import DensePatchHeads
-from scdnn_tf.modeling.relation import RELATIONS, PatchRelation
+from scdnn_tf.modeling.relation import RELATIONS, PatchRelation, relate_compact
 
 BRANCHES = ("object", "context", "both")
 MAX_LEVEL = 5
@@ -238,8 +238,10 @@ class SCDNN(MultiLabelModel):
         return to_slots(predictor(crops[tf.newaxis], training=training, part="embed")[0])
 
     def _branch_logits(self, predictor, relation, embeddings, boxes, valid, training):
-        if relation is not None:
+        if relation is not None and self.crop_backend == "gather":  # static shapes for XLA
             embeddings = relation(embeddings, boxes, valid, training=training)
+        elif relation is not None:
+            embeddings = relate_compact(relation, embeddings, boxes, valid, training)
         patch_logits = predictor(embeddings, part="classify")
         return aggregation_ops.aggregate_patches(patch_logits, valid, self.aggregation, self.lse_r)
 
