@@ -248,3 +248,16 @@ def test_exif_orientation_is_applied_before_scoring(tmp_path, orientation):
     np.testing.assert_array_equal(recorder.seen[0], expected)
     drawn = Image.open(tmp_path / "drawn" / "phone.png")
     assert drawn.size == (expected.shape[1], expected.shape[0])  # drawn upright too
+
+
+def test_make_result_reports_the_chosen_context_with_several_scales():
+    predictor = Predictor(None, NAMES, [0.5, 0.5, 0.5])
+    outputs = {"scores": np.array([[0.4, 0.8, 0.2]]), "top_scores": np.array([[0.8]]),
+               "top_class_names": np.array([[b"car"]], object),
+               "patch_boxes": np.zeros([1, 2, 4]), "context_boxes": np.ones([1, 2, 4]),
+               "patch_scores": np.array([[0.7, 0.6]]), "patch_valid": np.array([[False, True]]),
+               "context_weights": np.array([[[0.5, 0.5], [0.25, 0.75]]]),
+               "patch_context_scale": np.array([[2.0, 3.25]])}
+    result = make_result("x.png", outputs, 0, predictor)
+    assert result.patches == [{"box": [0.0] * 4, "context_box": [1.0] * 4, "score": 0.6,
+                               "context_weights": [0.25, 0.75], "context_scale": 3.25}]

@@ -73,3 +73,16 @@ def test_bad_inputs_raise(kwargs, message):
 def test_float_image_is_rounded_and_clipped():
     image = np.array([[[-5.0, 127.6, 300.0]]], np.float32)
     assert vis.to_uint8_image(image).tolist() == [[[0, 128, 255]]]
+
+
+def test_chosen_context_scale_is_written_at_the_context_box():
+    args = dict(patch_boxes=[[0.4, 0.4, 0.6, 0.6]], context_boxes=[[0.1, 0.1, 0.9, 0.9]],
+                patch_scores=[0.9], scale=4)
+    plain = vis.draw_patches(_grey(32), **args)
+    labelled = vis.draw_patches(_grey(32), patch_context_scale=[2.7], **args)
+    changed = np.argwhere(np.any(plain != labelled, axis=-1))
+    assert len(changed) > 10
+    # The text sits inside the context box, at its top-left corner (rows/cols from 12).
+    assert changed.min(0).tolist() >= [12, 12] and changed[:, 0].max() < 64
+    colours = [tuple(p) for p in labelled[changed[:, 0], changed[:, 1]]]
+    assert colours.count(vis.CONTEXT_COLOR) > len(colours) / 3  # (antialiased text edges)
