@@ -84,5 +84,6 @@ def test_chosen_context_scale_is_written_at_the_context_box():
     assert len(changed) > 10
     # The text sits inside the context box, at its top-left corner (rows/cols from 12).
     assert changed.min(0).tolist() >= [12, 12] and changed[:, 0].max() < 64
-    colours = [tuple(p) for p in labelled[changed[:, 0], changed[:, 1]]]
-    assert colours.count(vis.CONTEXT_COLOR) > len(colours) / 3  # (antialiased text edges)
+    # Antialiased text in the context colour over grey: blends with red >= green >= blue.
+    r, g, b = labelled[changed[:, 0], changed[:, 1]].astype(int).T
+    assert (r >= g).all() and (g >= b).all() and r.max() > 200
