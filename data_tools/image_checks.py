@@ -4,7 +4,9 @@ This module imports only Pillow (never TensorFlow) because it runs in forked wor
 The bytes are kept exactly as read (no re-encoding, except `upright` for an EXIF
 orientation, which the converter decides on); the format is detected from the bytes
 (a PNG named `.jpg` is stored as PNG); the whole image is decoded once with Pillow so
-truncated or corrupt files are caught here, not in the middle of training.
+truncated or corrupt files are caught here, not in the middle of training (a JPEG at
+1/8 scale in the DCT domain: all of its coded data is still read and checked, at a
+fraction of a full decode's cost).
 
 Policy for very large images: an image whose larger side exceeds `max_side` (default
 10,000 px) is SKIPPED (counted, named in the summary) before it is decoded. Such an
@@ -95,7 +97,13 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | Ima
             if max(width, height) > max_side:
                 return ImageProblem(TOO_LARGE, f"{path}: {width}x{height} px, larger than "
                                                f"{max_side} px a side")
-            im.load()  # full decode: truncated/corrupt data raises here
+            mode = im.mode
+            if image_format == "jpeg":
+                # Decode at 1/8 scale in the DCT domain: the whole entropy-coded stream is
+                # still read (truncated or damaged data raises as in a full decode), the
+                # inverse DCT and colour conversion of the full image are skipped.
+                im.draft(None, (max(1, width // 8), max(1, height // 8)))
+            im.load()  # truncated/corrupt data raises here
     except Image.DecompressionBombError as e:
         return ImageProblem(TOO_LARGE, f"{path}: {e}")
     except (OSError, SyntaxError, ValueError) as e:
@@ -105,7 +113,7 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | Ima
     if width < 1 or height < 1:
         return ImageProblem(CORRUPT, f"{path}: zero size {width}x{height}")
     return LoadedImage(encoded=data, image_format=image_format, height=height,
-                       width=width, mode=im.mode, orientation=exif_orientation(im))
+                       width=width, mode=mode, orientation=exif_orientation(im))
 
 
 def exif_orientation(im: Image.Image) -> int:

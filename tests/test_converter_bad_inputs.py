@@ -177,3 +177,21 @@ def test_strict_failure_mid_run_leaves_no_shard(tmp_path):
     with pytest.raises(ConversionError, match="3.jpg"):
         _coco(tmp_path, files, strict=True)
     assert os.listdir(tmp_path / "o") == []  # no shard, no temp file, no label map
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_jpeg_check_reads_all_coded_data(tmp_path, keep):
+    # The check decodes JPEGs at 1/8 scale; a photo-sized file cut anywhere in its coded
+    # data must still be caught, and an intact one keeps its size and mode.
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    whole = image_checks.load_image(str(path))
+    assert (whole.width, whole.height, whole.mode) == (640, 480, "RGB")
+    path.write_bytes(data[: int(len(data) * keep)])
+    problem = image_checks.load_image(str(path))
+    assert isinstance(problem, image_checks.ImageProblem) and problem.reason == image_checks.CORRUPT
