@@ -1,10 +1,12 @@
 """What every command-line tool shares: quiet TensorFlow start-up and one-line user errors.
 
-Import this module before TensorFlow (it sets `TF_CPP_MIN_LOG_LEVEL=2` unless the
-environment already sets it, hiding TF's C++ INFO/WARNING start-up notes; set it to 0 to
-see them). `run(main)` is `absl.app.run(main)` where an expected user error (a bad flag
-value, a missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one
-line `<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
+Importing this module imports no TensorFlow (the converters never need it); it sets
+`TF_CPP_MIN_LOG_LEVEL=2` unless the environment already sets it, hiding TF's C++
+INFO/WARNING start-up notes (set it to 0 to see them). Tools that use TensorFlow import
+`scdnn_tf.tf_start` first, which imports it through `import_tensorflow_quietly`.
+`run(main)` is `absl.app.run(main)` where an expected user error (a bad flag value, a
+missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one line
+`<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
 SIGINT exits with 143 / 130 after its checkpoint. `--traceback` shows the Python
 traceback of such errors too; unexpected exceptions always show it. `--config=NAME` reads
 the packaged flagfile `scdnn_tf/configs/NAME.flags` (demo, coco, voc, ...).
@@ -60,8 +62,6 @@ def _library_info_filter(record) -> bool:
     return record.levelno >= std_logging.WARNING or not library
 
 
-import_tensorflow_quietly()
-
 USER_ERROR_EXIT = 2
 
 
@@ -89,12 +89,15 @@ def expand_config_args(argv: list[str]) -> list[str]:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    import tensorflow as tf  # noqa: PLC0415 (only once a tool runs)
-
     from scdnn_tf.run_lock import LockedError  # noqa: PLC0415
 
-    return (ValueError, OSError, FloatingPointError, LockedError, tf.errors.NotFoundError,
-            tf.errors.PermissionDeniedError, tf.errors.DataLossError)
+    errors = (ValueError, OSError, FloatingPointError, LockedError)
+    if "tensorflow" not in sys.modules:  # a tool that never imported it raises none of its errors
+        return errors
+    import tensorflow as tf  # noqa: PLC0415
+
+    return errors + (tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+                     tf.errors.DataLossError)
 
 
 def error_message(error: BaseException) -> str:
@@ -111,15 +114,17 @@ def run(main) -> None:
         flags.DEFINE_bool("traceback", False, "Show the Python traceback of expected errors.")
 
     def guarded(argv):
-        from scdnn_tf.preemption import Preempted  # noqa: PLC0415
-
         prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "scdnn"
         try:
             return main(argv)
-        except Preempted as e:
-            logging.warning("%s", e)
-            sys.exit(e.exit_code)
-        except _expected_errors() as e:
+        except Exception as e:
+            # Only a tool that imported the preemption module can be preempted.
+            preemption = sys.modules.get("scdnn_tf.preemption")
+            if preemption is not None and isinstance(e, preemption.Preempted):
+                logging.warning("%s", e)
+                sys.exit(e.exit_code)
+            if not isinstance(e, _expected_errors()):
+                raise
             if flags.FLAGS.traceback:
                 raise
             sys.stderr.write(f"{prog}: error: {error_message(e)}\n")

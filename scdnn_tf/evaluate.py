@@ -8,7 +8,8 @@ per-class F1-best thresholds. The work is `scdnn_tf.evaluation.run_evaluation`.
 
 from __future__ import annotations
 
-from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 

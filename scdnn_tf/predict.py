@@ -8,7 +8,8 @@ failed (the summary counts them). The work is `scdnn_tf.prediction.run_predictio
 
 from __future__ import annotations
 
-from scdnn_tf import cli  # first: quiets TensorFlow's start-up  # noqa: I001
+from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 

@@ -8,7 +8,8 @@ error (one line on stderr), 143 / 130 stopped by SIGTERM / SIGINT after checkpoi
 
 from __future__ import annotations
 
-from scdnn_tf import cli  # first: quiets TensorFlow's start-up
+from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf import cli  # noqa: E402
 
 import json  # noqa: E402
 

@@ -2,7 +2,10 @@
 
 import io
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -10,6 +13,9 @@ from data_tools.parallel import ordered_map
 from scdnn_tf.data.tfrecord_writer import (ConversionError, ConversionSummary, ShardedWriter,
                                            shard_paths)
 from scdnn_tf.progress import Progress
+from scdnn_tf.data import records
+
+from helpers import REPO_ROOT, child_env
 
 
 def _read(path):
@@ -113,3 +119,32 @@ def test_progress_writes_periodic_and_final_lines_with_rate_and_eta():
         for _ in range(4):
             bar.update()
     assert len(quiet.getvalue().splitlines()) == 1  # only the final line
+
+
+def test_writer_bytes_equal_tensorflows_and_parse(tmp_path):
+    # The TensorFlow-free framing and Example classes give TF's own bytes.
+    example = records.build_example(
+        encoded=b"\x89PNG fake", image_format="png", height=3, width=4, filename="a.png",
+        source_id="7", boxes=[[0.1, 0.2, 0.5, 0.6]], classes=[2], class_texts=["car"])
+    tf_example = tf.train.Example.FromString(example.SerializeToString())
+    with ShardedWriter(str(tmp_path / "ours"), 1) as writer:
+        writer.write(example)
+        writer.write(b"")  # an empty record frames too
+    with tf.io.TFRecordWriter(str(tmp_path / "theirs.tfrecord")) as writer:
+        writer.write(tf_example.SerializeToString(deterministic=True))
+        writer.write(b"")
+    ours = (tmp_path / "ours-00000-of-00001.tfrecord").read_bytes()
+    assert ours == (tmp_path / "theirs.tfrecord").read_bytes()
+    parsed = records.parse_example(next(iter(tf.data.TFRecordDataset(
+        str(tmp_path / "ours-00000-of-00001.tfrecord")))))
+    np.testing.assert_allclose(parsed["boxes"].numpy(), [[0.1, 0.2, 0.5, 0.6]], rtol=1e-6)
+    assert parsed["classes"].numpy().tolist() == [2] and parsed["filename"].numpy() == b"a.png"
+
+
+def test_converters_never_import_tensorflow():
+    code = ("import sys; import data_tools.coco_to_tfrecord, data_tools.voc_to_tfrecord, "
+            "data_tools.yolo_to_tfrecord, data_tools.make_shapes; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO_ROOT, env=child_env())
+    assert out.stdout.strip() == "False", out.stderr

@@ -1,7 +1,8 @@
 """The TFRecord format: one `tf.train.Example` per image, TF Object Detection API keys.
 
-Writers (the `data_tools` converters) call `build_example`; readers (the input
-pipeline, `inspect_tfrecord`) call `parse_example`. Boxes are `[ymin, xmin, ymax, xmax]`
+Writers (the `data_tools` converters) call `build_example` (TensorFlow-free: the
+message classes of `example_proto.py`, so a conversion does not pay TensorFlow's
+start-up); readers (the input pipeline, `inspect_tfrecord`) call `parse_example`. Boxes are `[ymin, xmin, ymax, xmax]`
 normalized to [0, 1]; class labels are contiguous indices 0..C-1 into the label map.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+import functools
+
 import numpy as np
-import tensorflow as tf
+
+from scdnn_tf.data import example_proto as pb
 
 # Feature keys (TF Object Detection API names).
 ENCODED = "image/encoded"
@@ -32,16 +36,16 @@ DIFFICULT = "image/object/difficult"
 IMAGE_LABEL = "image/class/label"
 
 
-def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+def _bytes(values: Sequence[bytes]) -> pb.Feature:
+    return pb.Feature(bytes_list=pb.BytesList(value=list(values)))
 
 
-def _ints(values) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+def _ints(values) -> pb.Feature:
+    return pb.Feature(int64_list=pb.Int64List(value=[int(v) for v in values]))
 
 
-def _floats(values) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+def _floats(values) -> pb.Feature:
+    return pb.Feature(float_list=pb.FloatList(value=[float(v) for v in values]))
 
 
 def _to_bytes(s: str | bytes) -> bytes:
@@ -62,7 +66,7 @@ def build_example(
     is_crowd: Sequence[int] | None = None,
     difficult: Sequence[int] | None = None,
     image_labels: Sequence[int] | None = None,
-) -> tf.train.Example:
+) -> pb.Example:
     """Builds the Example for one image.
 
     Args:
@@ -80,7 +84,8 @@ def build_example(
         labels-only datasets.
 
     Returns:
-      A `tf.train.Example`.
+      An Example message (`example_proto.Example`: the same fields and bytes as a
+      `tf.train.Example`; `tf.train.Example.FromString(e.SerializeToString())` reads it).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     n = boxes.shape[0]
@@ -112,31 +117,34 @@ def build_example(
         DIFFICULT: _ints(difficult),
         IMAGE_LABEL: _ints(image_labels),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return pb.Example(features=pb.Features(feature=feature))
 
 
-# Only `image/encoded` is required: records from other tools (e.g. TF Model Garden's
-# create_coco_tf_record, which has no `image/class/label` or `difficult`) still parse.
-_FEATURES = {
-    ENCODED: tf.io.FixedLenFeature([], tf.string),
-    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    SOURCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    YMIN: tf.io.VarLenFeature(tf.float32),
-    XMIN: tf.io.VarLenFeature(tf.float32),
-    YMAX: tf.io.VarLenFeature(tf.float32),
-    XMAX: tf.io.VarLenFeature(tf.float32),
-    OBJECT_LABEL: tf.io.VarLenFeature(tf.int64),
-    OBJECT_TEXT: tf.io.VarLenFeature(tf.string),
-    IS_CROWD: tf.io.VarLenFeature(tf.int64),
-    DIFFICULT: tf.io.VarLenFeature(tf.int64),
-    IMAGE_LABEL: tf.io.VarLenFeature(tf.int64),
-}
+@functools.cache
+def _features() -> dict:
+    # Only `image/encoded` is required: records from other tools (e.g. TF Model Garden's
+    # create_coco_tf_record, which has no `image/class/label` or `difficult`) still parse.
+    import tensorflow as tf  # noqa: PLC0415 (writers never need it)
+    return {
+        ENCODED: tf.io.FixedLenFeature([], tf.string),
+        FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        SOURCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        YMIN: tf.io.VarLenFeature(tf.float32),
+        XMIN: tf.io.VarLenFeature(tf.float32),
+        YMAX: tf.io.VarLenFeature(tf.float32),
+        XMAX: tf.io.VarLenFeature(tf.float32),
+        OBJECT_LABEL: tf.io.VarLenFeature(tf.int64),
+        OBJECT_TEXT: tf.io.VarLenFeature(tf.string),
+        IS_CROWD: tf.io.VarLenFeature(tf.int64),
+        DIFFICULT: tf.io.VarLenFeature(tf.int64),
+        IMAGE_LABEL: tf.io.VarLenFeature(tf.int64),
+    }
 
 
-def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+def parse_example(serialized) -> dict:
     """Parses one serialized Example into dense tensors.
 
     Returns a dict with: `encoded` (string scalar), `format`, `filename`, `source_id`,
@@ -145,7 +153,9 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     `difficult` [N] int32 (zeros if absent), `image_labels` [K] int32 (empty if absent;
     the pipeline then derives labels from `classes`).
     """
-    f = tf.io.parse_single_example(serialized, _FEATURES)
+    import tensorflow as tf  # noqa: PLC0415
+
+    f = tf.io.parse_single_example(serialized, _features())
     dense = {k: tf.sparse.to_dense(v) for k, v in f.items() if isinstance(v, tf.SparseTensor)}
     boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=-1)
     n = tf.shape(boxes)[0]

@@ -21,14 +21,9 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-import google_crc32c
 import tensorflow as tf
 
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum of `data` (crc32c, rotated and offset as TF masks it)."""
-    crc = google_crc32c.value(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+from scdnn_tf.data.tfrecord_writer import masked_crc32c
 
 
 def scan_tfrecord(path: str) -> tuple[int, str | None]:

@@ -17,11 +17,36 @@ import glob
 import os
 from typing import Iterable
 
-import tensorflow as tf
+import struct
+
+import google_crc32c
 
 
 class ConversionError(ValueError):
     """A conversion problem that must stop the run (any skip under `--strict`)."""
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum of `data` (crc32c, rotated and offset as TF masks it)."""
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordFile:
+    """Appends records to a local file in TFRecord framing (what tf.io.TFRecordWriter
+    writes: uint64 length, masked crc32c of it, data, masked crc32c of the data; all
+    little-endian), without importing TensorFlow."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+
+    def write(self, data: bytes) -> None:
+        length = struct.pack("<Q", len(data))
+        self._file.write(b"".join((length, struct.pack("<I", masked_crc32c(length)), data,
+                                   struct.pack("<I", masked_crc32c(data)))))
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def shard_paths(output_prefix: str, num_shards: int) -> list[str]:
@@ -71,12 +96,13 @@ class ShardedWriter:
         self._temp_paths = [_temp_path(p) for p in self.paths]
         folder = os.path.dirname(os.path.abspath(output_prefix))
         os.makedirs(folder, exist_ok=True)
-        self._writers = [tf.io.TFRecordWriter(p) for p in self._temp_paths]
+        self._writers = [TFRecordFile(p) for p in self._temp_paths]
         self.num_written = 0
         self._closed = False
 
-    def write(self, example: tf.train.Example | bytes) -> None:
-        """Appends one example (a `tf.train.Example` or its serialized bytes)."""
+    def write(self, example) -> None:
+        """Appends one example (an Example message, e.g. `records.build_example`'s or a
+        `tf.train.Example`, or its serialized bytes)."""
         if self._closed:
             raise ValueError("ShardedWriter.write called after close()/abort()")
         # deterministic: the feature map's order otherwise varies from process to process,
