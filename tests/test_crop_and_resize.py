@@ -213,3 +213,19 @@ def test_mixed_precision_features_give_float32():
 def test_bad_arguments(features, kwargs, match):
     with pytest.raises(ValueError, match=match):
         car.multilevel_crop_and_resize(features, tf.zeros([1, 1, 4]), 32, **kwargs)
+
+
+def test_crop_slots_both_modes_agree_on_valid_slots():
+    rng = np.random.default_rng(4)
+    features = {f"P{level}": tf.constant(rng.normal(size=(2, 64 // 2 ** level, 64 // 2 ** level,
+                                                           3)), tf.float32) for level in (2, 3, 4, 5)}
+    boxes = tf.constant([[[0.1, 0.1, 0.6, 0.5], [0.0] * 4, [0.2, 0.3, 0.9, 0.95]],
+                         [[0.0] * 4, [0.05, 0.05, 0.3, 0.3], [0.0] * 4]], tf.float32)
+    valid = tf.constant([[True, False, True], [False, True, False]])
+    dense, to_slots_all = car.crop_slots(features, boxes, valid, 64, crop_size=3, all_slots=True)
+    sparse, to_slots = car.crop_slots(features, boxes, valid, 64, crop_size=3)
+    assert dense.shape[0] == 6 and sparse.shape[0] == 3
+    a, b = to_slots_all(dense).numpy(), to_slots(sparse).numpy()
+    assert a.shape == b.shape == (2, 3, 3, 3, 3)
+    np.testing.assert_allclose(a[valid.numpy()], b[valid.numpy()], atol=1e-5)
+    assert not b[~valid.numpy()].any()  # slots not cropped are zeros

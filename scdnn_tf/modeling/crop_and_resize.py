@@ -278,3 +278,35 @@ def crop_valid_boxes(features, boxes, valid, image_size, crop_size=7, min_level=
     crops = _crop_boxes(by_level, tf.gather_nd(boxes, indices), indices[:, 0], image_size,
                         crop_size, min_level, max_level, backend)
     return crops, indices
+
+
+def crop_slots(features, boxes, valid, image_size, crop_size=7, min_level=2, max_level=5,
+               all_slots=False):
+    """Crops of the patch slots of a batch, and the map back to slots.
+
+    Args:
+      features, image_size, crop_size, min_level, max_level: as in
+        `multilevel_crop_and_resize`.
+      boxes: [B, N, 4] normalized yxyx. valid: [B, N] bool.
+      all_slots: True: crop every slot with the "gather" backend (P = B*N, static shapes,
+        for XLA); False: only the valid slots with tf.image (P = V, dynamic).
+
+    Returns:
+      crops float32 [P, crop, crop, C] and `to_slots`, a function mapping any [P, ...]
+      tensor with static trailing dims to [B, N, ...] (zeros in slots not cropped).
+    """
+    slots = tf.shape(valid)
+    if all_slots:
+        crops = multilevel_crop_and_resize(features, boxes, image_size, crop_size, min_level,
+                                           max_level, backend="gather")
+        crops = tf.reshape(crops, tf.concat([[-1], tf.shape(crops)[2:]], 0))
+
+        def to_slots(x):
+            return tf.reshape(x, tf.concat([slots, x.shape[1:].as_list()], 0))
+    else:
+        crops, index = crop_valid_boxes(features, boxes, valid, image_size, crop_size,
+                                        min_level, max_level)
+
+        def to_slots(x):
+            return tf.scatter_nd(index, x, tf.concat([slots, x.shape[1:].as_list()], 0))
+    return crops, to_slots

@@ -25,7 +25,7 @@ from scdnn_tf.modeling import aggregation as aggregation_ops
 from scdnn_tf.modeling import anchors, box_ops, losses, matching
 from scdnn_tf.modeling import context_gate as context_gate_ops
 from scdnn_tf.modeling.backbones import build_backbone
-from scdnn_tf.modeling.crop_and_resize import crop_valid_boxes, multilevel_crop_and_resize
+from scdnn_tf.modeling.crop_and_resize import crop_slots
 from scdnn_tf.modeling.fpn import FPN
 from scdnn_tf.modeling.label_predictor import LabelPredictor
 from scdnn_tf.modeling.multilabel_model import MultiLabelModel
@@ -210,28 +210,10 @@ class SCDNN(MultiLabelModel):
         self._all_anchors = np.concatenate(self._level_anchors, axis=0)
 
     def _crops(self, pyramid, boxes, valid):
-        """Crops of the patch slots: (crops [P,s,s,D], to_slots mapping [P,...] -> [B,N,...]).
-
-        gather backend: every slot (P = B*N, static shapes for XLA); tf_image: only the
-        valid slots (most training slots are padding of the appended ground truth), and
-        to_slots scatters them back with zeros in the padding slots.
-        """
-        slots = tf.shape(valid)
-        if self.crop_backend == "gather":
-            crops = multilevel_crop_and_resize(pyramid, boxes, self.image_size,
-                                               crop_size=self.crop_size,
-                                               min_level=self.min_level, backend="gather")
-            crops = tf.reshape(crops, tf.concat([[-1], tf.shape(crops)[2:]], 0))
-
-            def to_slots(x):
-                return tf.reshape(x, tf.concat([slots, x.shape[1:].as_list()], 0))
-        else:
-            crops, index = crop_valid_boxes(pyramid, boxes, valid, self.image_size,
-                                            crop_size=self.crop_size, min_level=self.min_level)
-
-            def to_slots(x):
-                return tf.scatter_nd(index, x, tf.concat([slots, x.shape[1:].as_list()], 0))
-        return crops, to_slots
+        """(crops [P,s,s,D], to_slots [P,...] -> [B,N,...]) of the patch slots."""
+        # gather: every slot, static shapes for XLA; tf_image: the valid slots only.
+        return crop_slots(pyramid, boxes, valid, self.image_size, crop_size=self.crop_size,
+                          min_level=self.min_level, all_slots=self.crop_backend == "gather")
 
     def _embed(self, predictor, crops, to_slots, training):
         """[P,s,s,D] crops -> [B,N,U] predictor hidden embeddings."""
@@ -265,7 +247,8 @@ class SCDNN(MultiLabelModel):
         if self.global_patch:  # its context crops are the image itself (clipped expansion)
             slot_boxes, slot_valid = self._with_global_patch(boxes, valid)
         num = tf.shape(boxes)[1]
-        tight_crops, to_slots = self._crops(pyramid, slot_boxes, slot_valid)
+        if self.object_predictor is not None or self.context_gate is not None:
+            tight_crops, to_slots = self._crops(pyramid, slot_boxes, slot_valid)
         gate = None
         if self.context_gate is not None:
             k = len(self.context_scales)
