@@ -174,9 +174,12 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog):
 
 
 def test_signal_watcher_records_the_signal_instead_of_dying():
+    # Whatever handler was there is put back (a background job starts with SIGINT ignored).
+    before = signal.getsignal(signal.SIGINT)
     with preemption.SignalWatcher() as watcher:
+        assert signal.getsignal(signal.SIGINT) is not before
         os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt without it
         assert watcher.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     error = preemption.Preempted(7, signal.SIGTERM, "/m/ckpt-7")
     assert error.exit_code == 143 and "after step 7" in str(error)
