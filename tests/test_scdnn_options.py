@@ -93,7 +93,8 @@ def test_global_patch_adds_evidence_to_max_pooling():
     with_global.set_weights(plain.get_weights())
     a, b = plain(x), with_global(x)
     for key in ("object_logits", "context_logits"):
-        assert (b[key].numpy() >= a[key].numpy() - 1e-6).all(), key
+        # (tolerance: a different number of cropped rows may round matmuls differently)
+        assert (b[key].numpy() >= a[key].numpy() - 1e-4).all(), key
     assert np.abs(b["logits"].numpy() - a["logits"].numpy()).max() > 1e-4
     np.testing.assert_array_equal(a["patch_boxes"].numpy(), b["patch_boxes"].numpy())
 
