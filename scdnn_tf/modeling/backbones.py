@@ -19,6 +19,7 @@ on a machine with internet).
 import keras
 
 from scdnn_tf.modeling import hub_weights
+from scdnn_tf.modeling.fused_batch_norm import fuse_batch_norms
 from scdnn_tf.modeling.backbone_graph import (  # noqa: F401 (part of this module's API)
     BACKBONE_NAMES, LEVELS, backbone_graph, build_resnext_classifier, check_backbone_name)
 from scdnn_tf.modeling.weights_by_name import load_weights_by_name
@@ -72,6 +73,9 @@ def build_backbone(name, weights=None, freeze_bn=False, freeze_stages=0, image_s
     keras_weights = "imagenet" if weights == "imagenet" else None
     inputs, features, stage_fn = backbone_graph(name, image_size, keras_weights)
     model = keras.Model(inputs, features, name=name)
+    if name == "resnet50":
+        # keras.applications builds Keras' unfused BatchNormalization.
+        model = fuse_batch_norms(model)
     if weights is not None and weights != "imagenet":
         load_weights_by_name(model, weights)
     apply_freezing(model, stage_fn, freeze_bn, freeze_stages)

@@ -12,12 +12,15 @@ features as in PyTorch:
   Keras 'same' padding is asymmetric (bottom/right only) for stride 2;
 * the stem max-pool pads with zeros: its input is post-ReLU (>= 0), so this equals
   torch's -inf padding;
-* BatchNorm epsilon 1e-5 and momentum 0.9 (torch's momentum=0.1 convention).
+* BatchNorm epsilon 1e-5 and momentum 0.9 (torch's momentum=0.1 convention), computed
+  by the fused kernel (`fused_batch_norm.py`).
 
 All layers take the global dtype policy (mixed precision works unchanged).
 """
 
 import keras
+
+from scdnn_tf.modeling.fused_batch_norm import FusedBatchNormalization
 
 # Stage plans: blocks per stage.
 RESNET50_LAYERS = (3, 4, 6, 3)
@@ -51,7 +54,7 @@ def conv_bn(x, filters, kernel_size, strides, conv_name, bn_name, groups=1, relu
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding="valid", groups=groups,
         use_bias=False, kernel_initializer="he_normal", name=conv_name)(x)
-    x = keras.layers.BatchNormalization(
+    x = FusedBatchNormalization(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{bn_name}_relu")(x)
