@@ -11,7 +11,10 @@ used by default).
 moving-statistics update rule (momentum on the biased batch variance, as Keras 3) and
 config. It falls back to the Keras computation where the fused kernel does not compute the
 same thing: inputs that are not 4-D NHWC, masks, batch renormalization, synchronized
-statistics, or `center=False` / `scale=False`.
+statistics, or `center=False` / `scale=False`. One approximation: with batch statistics
+(training, not frozen) an epsilon below 1.001e-5 (torch's 1e-5, used by the ResNeXt
+backbones) is raised to 1.001e-5, as TF's own fused wrapper does for cuDNN; with moving
+statistics (inference, frozen BatchNorm) the result uses the exact epsilon.
 
 `fuse_batch_norms(model)` swaps every BatchNormalization of a functional model (e.g. a
 keras.applications network) for this layer, keeping weights and names.
