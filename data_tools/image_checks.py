@@ -33,6 +33,7 @@ from data_tools import jpeg_structure, png_structure
 
 DEFAULT_MAX_SIDE = 10_000
 CHECKS = ("structure", "decode")  # `load_image(check=...)`, the converters' --image_check
+DECODE_NEEDED = "decode"  # `structure_problem`: the structure check cannot tell
 
 # Skip reasons (stable strings: they key the summary and the tests).
 MISSING = "missing image file"
@@ -78,13 +79,14 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def structure_problem(data: bytes, image_format: str) -> str | None:
-    """Why TensorFlow's decoder would reject `data`, None if sound, "decode" if unknown."""
+    """Why TensorFlow's decoder would reject `data`: a message, None if it is sound, or
+    `DECODE_NEEDED` for a JPEG feature outside the structure check."""
     if image_format == "png":
         return png_structure.png_problem(data)
     try:
         return jpeg_structure.jpeg_problem(data)
     except jpeg_structure.NotCovered:
-        return "decode"
+        return DECODE_NEEDED
 
 
 def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE,
@@ -121,10 +123,10 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE,
                                                f"{max_side} px a side")
             mode = im.mode
             problem = structure_problem(data, image_format) if check == "structure" \
-                else "decode"
+                else DECODE_NEEDED
             if problem is None:
                 return _loaded(data, image_format, im, path)
-            if problem != "decode":
+            if problem != DECODE_NEEDED:
                 return ImageProblem(CORRUPT, f"{path}: {problem}")
             if image_format == "jpeg":
                 # Decode at 1/8 scale in the DCT domain: the whole entropy-coded stream is

@@ -4,8 +4,8 @@ libpng checks the CRC of every chunk it reads and fails on a bad one, so chunk f
 and CRCs (`zlib.crc32`) are checked, IHDR's fields, PLTE for palette images, the chunk
 order (IHDR first, IDAT chunks together, IEND present). The compressed image data is
 inflated (zlib, without unfiltering or colour conversion): a damaged deflate stream
-behind a correct CRC is fatal for libpng, and only inflating shows it; the inflated size
-must be the image's exactly and every row's filter type 0..4.
+behind a correct CRC is fatal for libpng, and only inflating shows it; the inflated data
+must cover the image and every row's filter type be 0..4.
 """
 
 from __future__ import annotations
@@ -52,9 +52,12 @@ def row_layout(width: int, height: int, depth: int, color: int, interlace: int):
 
 
 def image_data_problem(raw: bytes, layout) -> str | None:
-    """Why libpng rejects inflated image data `raw` laid out as `layout`, or None."""
+    """Why libpng rejects inflated image data `raw` laid out as `layout`, or None.
+
+    Data past the image's size is only a warning for libpng ("extra compressed data").
+    """
     expected = sum(h * (1 + stride) for h, stride in layout)
-    if len(raw) != expected:
+    if len(raw) < expected:
         return f"image data inflates to {len(raw)} bytes, {expected} expected"
     at = 0
     for h, stride in layout:
@@ -63,6 +66,51 @@ def image_data_problem(raw: bytes, layout) -> str | None:
             return f"bad row filter type {max(filters)}"
         at += h * (1 + stride)
     return None
+
+
+def inflate_image_data(stream: bytes, expected: int) -> tuple[bytes, str | None]:
+    """(the first `expected` + 1 inflated bytes at most, fatal problem or None).
+
+    libpng inflates into each row until the row is full, so zlib reports an error in the
+    data (or the checksum) behind the last row's bytes as well, which is fatal; only
+    data past the image's size is never inflated (a warning). So an error counts unless
+    zlib produced more than `expected` bytes before it. The stream is fed in blocks; the
+    block where zlib fails is fed again byte by byte (from a copy of the inflater) to
+    find how much it produced first.
+    """
+    inflater, out, block = zlib.decompressobj(), [], 1 << 16
+    produced = 0
+    for start in range(0, len(stream), block):
+        piece, saved = stream[start:start + block], inflater.copy()
+        try:
+            # Capped one byte over the expected size: a bomb stops there.
+            out.append(inflater.decompress(piece, expected + 1 - produced))
+        except zlib.error as e:
+            out.append(_bytes_before_error(saved, piece, expected + 1 - produced))
+            produced += len(out[-1])
+            return b"".join(out), None if produced > expected else f"damaged image data ({e})"
+        produced += len(out[-1])
+        if produced > expected or inflater.eof:
+            break
+    raw = b"".join(out)
+    if len(raw) == expected and not inflater.eof:
+        # libpng reads on for the stream end and finds no more IDAT data.
+        return raw, "image data ends early (deflate stream incomplete)"
+    return raw, None
+
+
+def _bytes_before_error(inflater, piece: bytes, cap: int) -> bytes:
+    """What `inflater` yields from `piece` (at most `cap` bytes) before zlib fails."""
+    out = []
+    for i in range(len(piece)):
+        try:
+            out.append(inflater.decompress(piece[i:i + 1], cap))
+        except zlib.error:
+            break
+        cap -= len(out[-1])
+        if cap <= 0:
+            break
+    return b"".join(out)
 
 
 def _chunks(data: bytes):
@@ -119,13 +167,5 @@ def png_problem(data: bytes) -> str | None:
     if not idat:
         return "no IDAT chunk"
     layout = row_layout(width, height, depth, color, interlace)
-    expected = sum(h * (1 + stride) for h, stride in layout)
-    inflater = zlib.decompressobj()
-    try:
-        # Capped at one byte over the expected size: a bomb stops there.
-        raw = inflater.decompress(b"".join(idat), expected + 1)
-    except zlib.error as e:
-        return f"damaged image data ({e})"
-    if not inflater.eof and len(raw) <= expected:
-        return "image data ends early (deflate stream incomplete)"
-    return image_data_problem(raw, layout)
+    raw, problem = inflate_image_data(b"".join(idat), sum(h * (1 + w) for h, w in layout))
+    return problem or image_data_problem(raw, layout)
