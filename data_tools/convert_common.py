@@ -172,7 +172,8 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
     removed (noted).
     """
     if image_check not in image_checks.CHECKS:
-        raise ValueError(f"image_check must be one of {image_checks.CHECKS}, got {image_check!r}")
+        raise ValueError(f"image_check must be one of {image_checks.CHECKS}, "
+                         f"got {image_check!r}")
     load = functools.partial(frames.load_framed, max_side=max_image_side, check=image_check)
 
     def arg(task):
@@ -260,10 +261,9 @@ def define_common_flags() -> None:
     flags.DEFINE_integer("max_image_side", image_checks.DEFAULT_MAX_SIDE,
                          "Images with a larger side (pixels) are skipped.", lower_bound=1)
     flags.DEFINE_enum("image_check", "structure", list(image_checks.CHECKS),
-                      "How images are checked: 'structure' validates the file's structure "
-                      "against what the training decoder rejects (fast); 'decode' decodes "
-                      "every image with Pillow (slower, also skips images with damaged "
-                      "coded data that still decode).")
+                      "How images are checked: 'structure' checks the file's structure "
+                      "against what TensorFlow's decoders reject (fast); 'decode' decodes "
+                      "every image with Pillow (slower).")
     flags.mark_flag_as_required("output_prefix")
 
 

@@ -10,8 +10,8 @@ in the middle of training, by one of two checks (`check`):
   decoders treat as fatal, without decoding pixels (`jpeg_structure`, `png_structure`;
   a JPEG feature outside that check, e.g. arithmetic coding, falls back to "decode").
 - "decode": the whole image is decoded with Pillow (a JPEG at 1/8 scale in the DCT
-  domain: all of its coded data is still read). Several times slower; it also rejects
-  JPEGs whose coded data is damaged but which TensorFlow decodes with damaged blocks.
+  domain: all of its coded data is still read). Slower, and Pillow accepts some files
+  TensorFlow rejects (a damaged JPEG EOI, a bad PNG IEND CRC).
 
 Policy for very large images: an image whose larger side exceeds `max_side` (default
 10,000 px) is SKIPPED (counted, named in the summary) before it is decoded. Such an
