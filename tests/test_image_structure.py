@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import os
+import pathlib
 import struct
 import zlib
 
@@ -75,7 +76,8 @@ def test_every_file_tf_rejects_is_rejected(kind, tmp_path):
 def test_real_photos_damaged(coco_real, tmp_path):
     paths = sorted(glob.glob(os.path.join(coco_real, "**", "*.jpg"), recursive=True))[:3]
     corpus = [(f"{os.path.basename(p)}: {label}", bad) for p in paths
-              for label, bad in damage_corpus.damaged_jpegs(open(p, "rb").read(), per_class=3)]
+              for label, bad in damage_corpus.damaged_jpegs(pathlib.Path(p).read_bytes(),
+                                                                per_class=3)]
     misses, false_alarms = _misses_and_false_alarms(corpus, tmp_path)
     assert misses == []
     assert len(false_alarms) <= 0.02 * len(corpus), false_alarms
