@@ -139,7 +139,8 @@ def _tasks(coco: COCO, images: list[dict], image_dir: str, include_crowd: bool,
 
 def convert(annotations: str, image_dir: str, output_prefix: str, num_shards: int,
             include_crowd: bool = False, num_workers: int = 1, strict: bool = False,
-            max_image_side: int = image_checks.DEFAULT_MAX_SIDE) -> ConversionSummary:
+            max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
+            image_check: str = "structure") -> ConversionSummary:
     """Converts one COCO split; returns the summary (`summary.paths` = shard paths)."""
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image dir not found: {image_dir}")
@@ -156,7 +157,8 @@ def convert(annotations: str, image_dir: str, output_prefix: str, num_shards: in
     tasks = _tasks(coco, images, image_dir, include_crowd, index_of, names, summary)
     summary.paths = convert_common.run_conversion(
         convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
-        num_workers=num_workers, max_image_side=max_image_side, total=len(images),
+        num_workers=num_workers, max_image_side=max_image_side,
+        image_check=image_check, total=len(images),
         desc="coco")
     convert_common.write_label_map_beside(output_prefix, names)
     convert_common.write_label_map_beside(output_prefix, [str(c) for c in cat_ids],

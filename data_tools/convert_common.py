@@ -162,6 +162,7 @@ def _example_for(task: ImageTask, image: image_checks.LoadedImage, frame_hw,
 def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: int,
                    summary: ConversionSummary, num_workers: int = 1,
                    max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
+                   image_check: str = "structure",
                    total: int | None = None, desc: str = "converting") -> list[str]:
     """Converts `tasks` into `num_shards` TFRecord shards; returns the shard paths.
 
@@ -170,7 +171,10 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
     final-named shard of this run is left; on success other shards of the prefix are
     removed (noted).
     """
-    load = functools.partial(frames.load_framed, max_side=max_image_side)
+    if image_check not in image_checks.CHECKS:
+        raise ValueError(f"image_check must be one of {image_checks.CHECKS}, "
+                         f"got {image_check!r}")
+    load = functools.partial(frames.load_framed, max_side=max_image_side, check=image_check)
 
     def arg(task):
         return task.path, task.expected_hw, task.box_units == "normalized"
@@ -256,6 +260,10 @@ def define_common_flags() -> None:
                          "counting it.")
     flags.DEFINE_integer("max_image_side", image_checks.DEFAULT_MAX_SIDE,
                          "Images with a larger side (pixels) are skipped.", lower_bound=1)
+    flags.DEFINE_enum("image_check", "structure", list(image_checks.CHECKS),
+                      "How images are checked: 'structure' checks the file's structure "
+                      "against what TensorFlow's decoders reject (fast); 'decode' decodes "
+                      "every image with Pillow (slower).")
     flags.mark_flag_as_required("output_prefix")
 
 
@@ -263,4 +271,4 @@ def common_kwargs(FLAGS) -> dict:
     """The common flags as keyword arguments of the converters' `convert(...)`."""
     return dict(output_prefix=FLAGS.output_prefix, num_shards=FLAGS.num_shards,
                 num_workers=FLAGS.num_workers, strict=FLAGS.strict,
-                max_image_side=FLAGS.max_image_side)
+                max_image_side=FLAGS.max_image_side, image_check=FLAGS.image_check)

@@ -58,12 +58,13 @@ def choose_frame(declared_hw, normalized: bool,
     return None
 
 
-def load_framed(arg, max_side: int = image_checks.DEFAULT_MAX_SIDE):
+def load_framed(arg, max_side: int = image_checks.DEFAULT_MAX_SIDE,
+                check: str = "structure"):
     """Worker: (path, declared_hw, normalized) -> (LoadedImage | ImageProblem, Frame | None).
 
     The image is re-encoded upright here (in the worker) when the frame says so."""
     path, declared_hw, normalized = arg
-    image = image_checks.load_image(path, max_side=max_side)
+    image = image_checks.load_image(path, max_side=max_side, check=check)
     if isinstance(image, image_checks.ImageProblem):
         return image, None
     frame = choose_frame(declared_hw, normalized, image)

@@ -3,10 +3,15 @@
 This module imports only Pillow (never TensorFlow) because it runs in forked workers.
 The bytes are kept exactly as read (no re-encoding, except `upright` for an EXIF
 orientation, which the converter decides on); the format is detected from the bytes
-(a PNG named `.jpg` is stored as PNG); the whole image is decoded once with Pillow so
-truncated or corrupt files are caught here, not in the middle of training (a JPEG at
-1/8 scale in the DCT domain: all of its coded data is still read and checked, at a
-fraction of a full decode's cost).
+(a PNG named `.jpg` is stored as PNG). Truncated or corrupt files are caught here, not
+in the middle of training, by one of two checks (`check`):
+
+- "structure" (default): the file's structure is checked against what TensorFlow's
+  decoders treat as fatal, without decoding pixels (`jpeg_structure`, `png_structure`;
+  a JPEG feature outside that check, e.g. arithmetic coding, falls back to "decode").
+- "decode": the whole image is decoded with Pillow (a JPEG at 1/8 scale in the DCT
+  domain: all of its coded data is still read). Slower, and Pillow accepts some files
+  TensorFlow rejects (a damaged JPEG EOI, a bad PNG IEND CRC).
 
 Policy for very large images: an image whose larger side exceeds `max_side` (default
 10,000 px) is SKIPPED (counted, named in the summary) before it is decoded. Such an
@@ -24,7 +29,11 @@ import warnings
 
 from PIL import Image, ImageOps
 
+from data_tools import jpeg_structure, png_structure
+
 DEFAULT_MAX_SIDE = 10_000
+CHECKS = ("structure", "decode")  # `load_image(check=...)`, the converters' --image_check
+DECODE_NEEDED = "decode"  # `structure_problem`: the structure check cannot tell
 
 # Skip reasons (stable strings: they key the summary and the tests).
 MISSING = "missing image file"
@@ -69,12 +78,27 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | ImageProblem:
-    """Reads and fully decodes `path`; returns a `LoadedImage` or an `ImageProblem`.
+def structure_problem(data: bytes, image_format: str) -> str | None:
+    """Why TensorFlow's decoder would reject `data`: a message, None if it is sound, or
+    `DECODE_NEEDED` for a JPEG feature outside the structure check."""
+    if image_format == "png":
+        return png_structure.png_problem(data)
+    try:
+        return jpeg_structure.jpeg_problem(data)
+    except jpeg_structure.NotCovered:
+        return DECODE_NEEDED
 
-    Never raises for bad image content (workers return problems as values so one bad
-    file cannot kill a run); `detail` always names the file.
+
+def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE,
+               check: str = "structure") -> LoadedImage | ImageProblem:
+    """Reads and checks `path`; returns a `LoadedImage` or an `ImageProblem`.
+
+    `check` is "structure" or "decode" (module docstring). Never raises for bad image
+    content (workers return problems as values so one bad file cannot kill a run);
+    `detail` always names the file.
     """
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -98,6 +122,12 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | Ima
                 return ImageProblem(TOO_LARGE, f"{path}: {width}x{height} px, larger than "
                                                f"{max_side} px a side")
             mode = im.mode
+            problem = structure_problem(data, image_format) if check == "structure" \
+                else DECODE_NEEDED
+            if problem is None:
+                return _loaded(data, image_format, im, path)
+            if problem != DECODE_NEEDED:
+                return ImageProblem(CORRUPT, f"{path}: {problem}")
             if image_format == "jpeg":
                 # Decode at 1/8 scale in the DCT domain: the whole entropy-coded stream is
                 # still read (truncated or damaged data raises as in a full decode), the
@@ -110,10 +140,15 @@ def load_image(path: str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedImage | Ima
         if image_format is None:
             return ImageProblem(UNSUPPORTED, f"{path}: not a JPEG or PNG file ({e})")
         return ImageProblem(CORRUPT, f"{path}: {e}")
+    return _loaded(data, image_format, im, path, mode)
+
+
+def _loaded(data, image_format, im, path, mode=None) -> LoadedImage | ImageProblem:
+    width, height = im.size
     if width < 1 or height < 1:
         return ImageProblem(CORRUPT, f"{path}: zero size {width}x{height}")
     return LoadedImage(encoded=data, image_format=image_format, height=height,
-                       width=width, mode=mode, orientation=exif_orientation(im))
+                       width=width, mode=mode or im.mode, orientation=exif_orientation(im))
 
 
 def exif_orientation(im: Image.Image) -> int:

@@ -160,7 +160,8 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
 
 def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards: int,
             include_difficult: bool = True, num_workers: int = 1, strict: bool = False,
-            max_image_side: int = image_checks.DEFAULT_MAX_SIDE) -> ConversionSummary:
+            max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
+            image_check: str = "structure") -> ConversionSummary:
     """Converts one VOC split; returns the summary (`summary.paths` = shard paths)."""
     voc_dir = os.path.join(voc_root, f"VOC{year}")
     if not os.path.isdir(voc_dir):
@@ -171,7 +172,8 @@ def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards
     tasks = (t for t in (_task(voc_dir, i, include_difficult, summary) for i in ids) if t)
     summary.paths = convert_common.run_conversion(
         convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
-        num_workers=num_workers, max_image_side=max_image_side, total=len(ids),
+        num_workers=num_workers, max_image_side=max_image_side,
+        image_check=image_check, total=len(ids),
         desc=f"voc{year} {split}")
     convert_common.write_label_map_beside(output_prefix, list(VOC_CLASSES))
     return summary

@@ -163,7 +163,8 @@ def _tasks(image_dir, label_dir, image_files, names, summary):
 
 def convert(image_dir: str, label_dir: str, names: str, output_prefix: str,
             num_shards: int, num_workers: int = 1, strict: bool = False,
-            max_image_side: int = image_checks.DEFAULT_MAX_SIDE) -> ConversionSummary:
+            max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
+            image_check: str = "structure") -> ConversionSummary:
     """Converts a YOLO image/label folder pair; returns the summary."""
     for d in (image_dir, label_dir):
         if not os.path.isdir(d):
@@ -184,6 +185,7 @@ def convert(image_dir: str, label_dir: str, names: str, output_prefix: str,
     summary.paths = convert_common.run_conversion(
         _tasks(image_dir, label_dir, image_files, class_names, summary), output_prefix,
         num_shards, summary, num_workers=num_workers, max_image_side=max_image_side,
+        image_check=image_check,
         total=len(image_files), desc="yolo")
     convert_common.write_label_map_beside(output_prefix, class_names)
     return summary
