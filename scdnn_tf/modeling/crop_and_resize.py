@@ -20,14 +20,15 @@ Detectron2 `ROIAlign(aligned=True, sampling_ratio=1)`:
 Level selection: every box is cropped once, on its own level. All levels' (padded)
 maps are put into one source with static shape, and each box samples only its level:
 
-* `tf_image`: the padded maps are zero-extended to the largest map's size and
-  stacked along the batch axis ([L*B, H', W', C]); a box of image b on level index k
-  reads image k*B + b of that stack (one `tf.image.crop_and_resize` call, whose image
-  gradient is computed by `crop_and_resize_grad`: TF's CPU kernel for it races);
+* `tf_image`: the padded maps of an image are packed side by side into one atlas
+  ([B, H, W, C]: the largest level at the origin, the others in a column to its right)
+  and a box reads its level's region of its image's atlas (one
+  `tf.image.crop_and_resize` call, whose image gradient is computed by
+  `crop_and_resize_grad`: TF's CPU kernel for it races);
 * `gather`: the padded maps are flattened and concatenated per image ([B, sum H'W', C]);
   a box's bilinear taps are gathered at its level's offset.
 Bins whose sample falls outside the box's own padded map are zeroed explicitly (they
-would otherwise read the zero extension or the next level). This replaced cropping
+would otherwise read the next level's region). This replaced cropping
 every box on every level and keeping the right one with `tf.where`, which did 4x the
 crops and, above all, 4x the (slow, serial on CPU) crop gradient: the train step of
 the CPU demo spent more time there than in the backbone (see benchmarks/README.md).
@@ -125,8 +126,46 @@ def _per_box(values, level_index):
     return tf.gather(tf.stack([tf.cast(v, tf.int32) for v in values]), level_index)
 
 
+def _atlas_origins(padded_maps):
+    """Where each padded map sits in a per-image atlas, and the atlas side.
+
+    The first (largest) map is at (0, 0); the others are stacked top to bottom in a
+    column to its right. With halving sides the column is no taller than the first map,
+    so the atlas wastes little (at 448 px: 114 x 172 for 17,516 cells of P2..P5, where
+    stacking the levels on the batch axis at the largest map's size took 4 x 114 x 114).
+
+    Args:
+      padded_maps: list over levels of [B, H'_l, W'_l, C].
+
+    Returns:
+      (origin_y, origin_x, height, width): per-level int32 lists, int32 scalars.
+    """
+    heights = [tf.shape(m)[1] for m in padded_maps]
+    widths = [tf.shape(m)[2] for m in padded_maps]
+    zero = tf.constant(0)
+    origin_x = [zero] + [widths[0]] * (len(widths) - 1)
+    origin_y = [zero] + [tf.add_n([zero] + heights[1:k]) for k in range(1, len(heights))]
+    column_h = tf.add_n([zero] + heights[1:])
+    height = tf.maximum(heights[0], column_h)
+    width = widths[0] + (tf.reduce_max(tf.stack(widths[1:])) if len(widths) > 1 else 0)
+    return origin_y, origin_x, height, width
+
+
+def _atlas(padded_maps, height, width):
+    """The padded maps placed as `_atlas_origins` says: [B, height, width, C]."""
+    def pad_to(m, h, w):
+        return tf.pad(m, [[0, 0], [0, h - tf.shape(m)[1]], [0, w - tf.shape(m)[2]], [0, 0]])
+
+    if len(padded_maps) == 1:
+        return padded_maps[0]
+    column_w = width - tf.shape(padded_maps[0])[2]
+    column = tf.concat([pad_to(m, tf.shape(m)[1], column_w) for m in padded_maps[1:]], axis=1)
+    return tf.concat([pad_to(padded_maps[0], height, tf.shape(padded_maps[0])[2]),
+                      pad_to(column, height, column_w)], axis=2)
+
+
 def _crop_tf_image(padded_maps, level_index, image_index, ys, xs, crop_size):
-    """One `tf.image.crop_and_resize` over the zero-extended, batch-stacked padded maps.
+    """One `tf.image.crop_and_resize` over a per-image atlas of the padded maps.
 
     Args:
       padded_maps: list over levels of [B, H'_l, W'_l, C] (one replicated border).
@@ -137,18 +176,16 @@ def _crop_tf_image(padded_maps, level_index, image_index, ys, xs, crop_size):
     Returns:
       [K, crop, crop, C] (samples outside the box's padded map not yet zeroed).
     """
-    height = tf.reduce_max(tf.stack([tf.shape(m)[1] for m in padded_maps]))
-    width = tf.reduce_max(tf.stack([tf.shape(m)[2] for m in padded_maps]))
-    canvas = tf.concat([tf.pad(m, [[0, 0], [0, height - tf.shape(m)[1]],
-                                   [0, width - tf.shape(m)[2]], [0, 0]]) for m in padded_maps],
-                       axis=0)  # [L*B, H', W', C]
-    # crop_and_resize maps a normalized u to u * (H' - 1) on the canvas.
+    origin_y, origin_x, height, width = _atlas_origins(padded_maps)
+    canvas = _atlas(padded_maps, height, width)  # [B, H, W, C]
+    ys = ys + tf.cast(_per_box(origin_y, level_index), tf.float32)[:, None]
+    xs = xs + tf.cast(_per_box(origin_x, level_index), tf.float32)[:, None]
+    # crop_and_resize maps a normalized u to u * (H - 1) on the canvas.
     hp = tf.cast(height - 1, tf.float32)
     wp = tf.cast(width - 1, tf.float32)
     tf_boxes = tf.stack([ys[:, 0] / hp, xs[:, 0] / wp, ys[:, -1] / hp, xs[:, -1] / wp], axis=-1)
-    box_indices = level_index * tf.shape(padded_maps[0])[0] + image_index
     # Not tf.image.crop_and_resize directly: its CPU image gradient races (see the module).
-    return crop_and_resize_grad.crop_and_resize(canvas, tf_boxes, box_indices, crop_size)
+    return crop_and_resize_grad.crop_and_resize(canvas, tf_boxes, image_index, crop_size)
 
 
 def _axis_taps(coords, size):
@@ -265,18 +302,23 @@ def crop_valid_boxes(features, boxes, valid, image_size, crop_size=7, min_level=
     Args:
       features, image_size, crop_size, min_level, max_level, backend: as in
         `multilevel_crop_and_resize`.
-      boxes: [B, N, 4] normalized yxyx.
+      boxes: [B, N, 4] normalized yxyx, or [B, N, S, 4]: S boxes per slot.
       valid: [B, N] bool.
 
     Returns:
-      crops float32 [V, crop, crop, C] (row-major order over (image, slot)) and
-      indices int32 [V, 2] (image, slot) of each crop.
+      crops float32 [V, crop, crop, C] (or [V, S, crop, crop, C]; row-major order over
+      (image, slot)) and indices int32 [V, 2] (image, slot) of each crop.
     """
     _check_args(backend, crop_size)
     by_level, boxes = _prepare(features, boxes, image_size, min_level, max_level)
     indices = tf.cast(tf.where(tf.cast(valid, tf.bool)), tf.int32)  # [V, 2]
-    crops = _crop_boxes(by_level, tf.gather_nd(boxes, indices), indices[:, 0], image_size,
-                        crop_size, min_level, max_level, backend)
+    picked = tf.gather_nd(boxes, indices)  # [V, 4] or [V, S, 4]
+    per_slot = 1 if boxes.shape.rank == 3 else int(boxes.shape[2])
+    crops = _crop_boxes(by_level, tf.reshape(picked, [-1, 4]),
+                        tf.repeat(indices[:, 0], per_slot), image_size, crop_size,
+                        min_level, max_level, backend)
+    if boxes.shape.rank == 4:
+        crops = tf.reshape(crops, tf.concat([[-1, per_slot], tf.shape(crops)[1:]], 0))
     return crops, indices
 
 
@@ -287,26 +329,36 @@ def crop_slots(features, boxes, valid, image_size, crop_size=7, min_level=2, max
     Args:
       features, image_size, crop_size, min_level, max_level: as in
         `multilevel_crop_and_resize`.
-      boxes: [B, N, 4] normalized yxyx. valid: [B, N] bool.
+      boxes: [B, N, 4] normalized yxyx, or a list of such box sets over the same slots
+        (e.g. the tight and the context patches): all are cropped in one call, from one
+        atlas of the maps, whose gradient is then accumulated once.
+      valid: [B, N] bool.
       all_slots: True: crop every slot with the "gather" backend (P = B*N, static shapes,
         for XLA); False: only the valid slots with tf.image (P = V, dynamic).
 
     Returns:
-      crops float32 [P, crop, crop, C] and `to_slots`, a function mapping any [P, ...]
-      tensor with static trailing dims to [B, N, ...] (zeros in slots not cropped).
+      crops float32 [P, crop, crop, C] (a list of them, in order, for a list of box sets)
+      and `to_slots`, a function mapping any [P, ...] tensor with static trailing dims to
+      [B, N, ...] (zeros in slots not cropped).
     """
+    sets = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
     slots = tf.shape(valid)
     if all_slots:
-        crops = multilevel_crop_and_resize(features, boxes, image_size, crop_size, min_level,
-                                           max_level, backend="gather")
-        crops = tf.reshape(crops, tf.concat([[-1], tf.shape(crops)[2:]], 0))
+        crops = multilevel_crop_and_resize(features, tf.concat(sets, axis=1), image_size,
+                                           crop_size, min_level, max_level, backend="gather")
+        # [B, S*N, ...] -> S tensors [B*N, ...]
+        crops = tf.split(crops, len(sets), axis=1)
+        crops = [tf.reshape(c, tf.concat([[-1], tf.shape(c)[2:]], 0)) for c in crops]
 
         def to_slots(x):
             return tf.reshape(x, tf.concat([slots, x.shape[1:].as_list()], 0))
     else:
-        crops, index = crop_valid_boxes(features, boxes, valid, image_size, crop_size,
-                                        min_level, max_level)
+        crops, index = crop_valid_boxes(features, tf.stack(sets, axis=2), valid, image_size,
+                                        crop_size, min_level, max_level)
+        crops = tf.unstack(crops, num=len(sets), axis=1)
 
         def to_slots(x):
             return tf.scatter_nd(index, x, tf.concat([slots, x.shape[1:].as_list()], 0))
+    if not isinstance(boxes, (list, tuple)):
+        crops = crops[0]
     return crops, to_slots

@@ -209,11 +209,12 @@ class SCDNN(MultiLabelModel):
         self._level_anchors = tuple(np.asarray(a, np.float32) for a in level_anchors)
         self._all_anchors = np.concatenate(self._level_anchors, axis=0)
 
-    def _crops(self, pyramid, boxes, valid):
-        """(crops [P,s,s,D], to_slots [P,...] -> [B,N,...]) of the patch slots."""
+    def _crops(self, pyramid, box_sets, valid):
+        """([crops [P,s,s,D] per box set], to_slots [P,...] -> [B,N,...]) of the slots."""
         # gather: every slot, static shapes for XLA; tf_image: the valid slots only.
-        return crop_slots(pyramid, boxes, valid, self.image_size, crop_size=self.crop_size,
-                          min_level=self.min_level, all_slots=self.crop_backend == "gather")
+        return crop_slots(pyramid, list(box_sets), valid, self.image_size,
+                          crop_size=self.crop_size, min_level=self.min_level,
+                          all_slots=self.crop_backend == "gather")
 
     def _embed(self, predictor, crops, to_slots, training):
         """[P,s,s,D] crops -> [B,N,U] predictor hidden embeddings."""
@@ -247,8 +248,15 @@ class SCDNN(MultiLabelModel):
         if self.global_patch:  # its context crops are the image itself (clipped expansion)
             slot_boxes, slot_valid = self._with_global_patch(boxes, valid)
         num = tf.shape(boxes)[1]
-        if self.object_predictor is not None or self.context_gate is not None:
-            tight_crops, to_slots = self._crops(pyramid, slot_boxes, slot_valid)
+        # Every crop of the step (tight, then each context scale) in one call: one atlas
+        # of the pyramid, one crop gradient.
+        need_tight = self.object_predictor is not None or self.context_gate is not None
+        box_sets = [slot_boxes] if need_tight else []
+        if self.context_predictor is not None:
+            box_sets += [generator(slot_boxes) for generator in self.context_patch_generators]
+        crops, to_slots = self._crops(pyramid, box_sets, slot_valid)
+        tight_crops = crops[0] if need_tight else None
+        context_crops = crops[1:] if need_tight else crops
         gate = None
         if self.context_gate is not None:
             k = len(self.context_scales)
@@ -267,11 +275,8 @@ class SCDNN(MultiLabelModel):
                 self.object_predictor, self.object_relation, h, slot_boxes, slot_valid, training)
             branch_logits.append(outputs["object_logits"])
         if self.context_predictor is not None:
-            per_scale = []
-            for generator in self.context_patch_generators:
-                crops, scale_to_slots = self._crops(pyramid, generator(slot_boxes), slot_valid)
-                per_scale.append(self._embed(self.context_predictor, crops, scale_to_slots,
-                                             training))
+            per_scale = [self._embed(self.context_predictor, scale_crops, to_slots, training)
+                         for scale_crops in context_crops]
             h = per_scale[0] if gate is None else context_gate_ops.mix_scales(
                 tf.stack(per_scale, axis=2), gate)
             outputs["context_logits"] = self._branch_logits(
