@@ -229,3 +229,39 @@ def test_crop_slots_both_modes_agree_on_valid_slots():
     assert a.shape == b.shape == (2, 3, 3, 3, 3)
     np.testing.assert_allclose(a[valid.numpy()], b[valid.numpy()], atol=1e-5)
     assert not b[~valid.numpy()].any()  # slots not cropped are zeros
+
+
+@pytest.mark.parametrize("sides", [(114, 58, 30, 16), (27, 15, 9, 6), (10,)])
+def test_atlas_places_every_map_in_its_own_region(sides):
+    # (27, 15, 9, 6): padded P2..P5 of a 100 px image, whose column (30) is taller than P2.
+    rng = np.random.default_rng(0)
+    maps = [tf.constant(rng.uniform(1, 2, size=(2, s, s + 1, 3)), tf.float32) for s in sides]
+    origin_y, origin_x, height, width = car.atlas_layout(maps)
+    atlas = car.pack_atlas(maps, height, width).numpy()
+    assert atlas.shape == (2, int(height), int(width), 3)
+    covered = np.zeros(atlas.shape[1:3], bool)
+    for m, y, x in zip(maps, origin_y, origin_x):
+        h, w = m.shape[1:3]
+        np.testing.assert_array_equal(atlas[:, int(y):int(y) + h, int(x):int(x) + w], m)
+        assert not covered[int(y):int(y) + h, int(x):int(x) + w].any()  # no overlap
+        covered[int(y):int(y) + h, int(x):int(x) + w] = True
+    assert not atlas[:, ~covered].any()  # the rest is zero fill
+
+
+@pytest.mark.parametrize("all_slots", [False, True])
+def test_crop_slots_of_several_box_sets_equal_separate_calls(all_slots):
+    rng = np.random.default_rng(5)
+    features = {f"P{level}": tf.constant(rng.normal(size=(2, 64 // 2 ** level, 64 // 2 ** level,
+                                                           3)), tf.float32) for level in (2, 3, 4, 5)}
+    tight = tf.constant([[[0.1, 0.1, 0.6, 0.5], [0.0] * 4, [0.2, 0.3, 0.9, 0.95]],
+                         [[0.0] * 4, [0.05, 0.05, 0.3, 0.3], [0.4, 0.4, 0.5, 0.45]]], tf.float32)
+    wide = tf.clip_by_value((tight - 0.5) * 2.5 + 0.5, 0.0, 1.0)
+    valid = tf.constant([[True, False, True], [False, True, True]])
+    together, to_slots = car.crop_slots(features, [tight, wide], valid, 64, crop_size=3,
+                                        all_slots=all_slots)
+    assert len(together) == 2
+    for boxes, crops in zip([tight, wide], together):
+        alone, alone_to_slots = car.crop_slots(features, boxes, valid, 64, crop_size=3,
+                                               all_slots=all_slots)
+        np.testing.assert_allclose(to_slots(crops).numpy(), alone_to_slots(alone).numpy(),
+                                   atol=1e-6)

@@ -126,7 +126,7 @@ def _per_box(values, level_index):
     return tf.gather(tf.stack([tf.cast(v, tf.int32) for v in values]), level_index)
 
 
-def _atlas_origins(padded_maps):
+def atlas_layout(padded_maps):
     """Where each padded map sits in a per-image atlas, and the atlas side.
 
     The first (largest) map is at (0, 0); the others are stacked top to bottom in a
@@ -151,8 +151,8 @@ def _atlas_origins(padded_maps):
     return origin_y, origin_x, height, width
 
 
-def _atlas(padded_maps, height, width):
-    """The padded maps placed as `_atlas_origins` says: [B, height, width, C]."""
+def pack_atlas(padded_maps, height, width):
+    """The padded maps placed as `atlas_layout` says: [B, height, width, C]."""
     def pad_to(m, h, w):
         return tf.pad(m, [[0, 0], [0, h - tf.shape(m)[1]], [0, w - tf.shape(m)[2]], [0, 0]])
 
@@ -176,8 +176,8 @@ def _crop_tf_image(padded_maps, level_index, image_index, ys, xs, crop_size):
     Returns:
       [K, crop, crop, C] (samples outside the box's padded map not yet zeroed).
     """
-    origin_y, origin_x, height, width = _atlas_origins(padded_maps)
-    canvas = _atlas(padded_maps, height, width)  # [B, H, W, C]
+    origin_y, origin_x, height, width = atlas_layout(padded_maps)
+    canvas = pack_atlas(padded_maps, height, width)  # [B, H, W, C]
     ys = ys + tf.cast(_per_box(origin_y, level_index), tf.float32)[:, None]
     xs = xs + tf.cast(_per_box(origin_x, level_index), tf.float32)[:, None]
     # crop_and_resize maps a normalized u to u * (H - 1) on the canvas.
