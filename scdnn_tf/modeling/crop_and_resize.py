@@ -341,7 +341,8 @@ def crop_slots(features, boxes, valid, image_size, crop_size=7, min_level=2, max
       and `to_slots`, a function mapping any [P, ...] tensor with static trailing dims to
       [B, N, ...] (zeros in slots not cropped).
     """
-    sets = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
+    single = not isinstance(boxes, (list, tuple))
+    sets = [boxes] if single else list(boxes)
     slots = tf.shape(valid)
     if all_slots:
         crops = multilevel_crop_and_resize(features, tf.concat(sets, axis=1), image_size,
@@ -359,6 +360,4 @@ def crop_slots(features, boxes, valid, image_size, crop_size=7, min_level=2, max
 
         def to_slots(x):
             return tf.scatter_nd(index, x, tf.concat([slots, x.shape[1:].as_list()], 0))
-    if not isinstance(boxes, (list, tuple)):
-        crops = crops[0]
-    return crops, to_slots
+    return (crops[0] if single else crops), to_slots

@@ -212,7 +212,7 @@ class SCDNN(MultiLabelModel):
     def _crops(self, pyramid, box_sets, valid):
         """([crops [P,s,s,D] per box set], to_slots [P,...] -> [B,N,...]) of the slots."""
         # gather: every slot, static shapes for XLA; tf_image: the valid slots only.
-        return crop_slots(pyramid, list(box_sets), valid, self.image_size,
+        return crop_slots(pyramid, box_sets, valid, self.image_size,
                           crop_size=self.crop_size, min_level=self.min_level,
                           all_slots=self.crop_backend == "gather")
 
