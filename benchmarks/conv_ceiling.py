@@ -38,11 +38,17 @@ import tensorflow as tf
 from benchmarks import train_step_lib as lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["resnet50@448x2", "small@128x16"], "backbone@size x batch.")
-flags.DEFINE_integer("rounds", 3, "Rounds (the matmul and every kernel each round).")
-flags.DEFINE_integer("reps", 3, "Timed calls per kernel per round (the fastest counts).")
-flags.DEFINE_integer("num_classes", 80, "Classes of the model.")
-flags.DEFINE_string("json_out", "conv_ceiling.json", "Where to write the results.")
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a script (tests import the module
+    alongside other benchmarks that define flags of the same names)."""
+    flags.DEFINE_list("configs", ["resnet50@448x2", "small@128x16"], "backbone@size x batch.")
+    flags.DEFINE_integer("rounds", 3, "Rounds (the matmul and every kernel each round).")
+    flags.DEFINE_integer("reps", 3, "Timed calls per kernel per round (the fastest counts).")
+    flags.DEFINE_integer("num_classes", 80, "Classes of the model.")
+    flags.DEFINE_string("json_out", "conv_ceiling.json", "Where to write the results.")
+
 
 # Conv2D ops are named model/component/layer/...: the component decides the part.
 PARTS = {"fpn": "FPN", "patch_heads": "dense patch heads"}
@@ -277,4 +283,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
