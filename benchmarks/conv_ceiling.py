@@ -120,16 +120,20 @@ def conv_ops(spec: ConvSpec) -> list:
     return ops
 
 
-def _kernels(spec: ConvSpec) -> list:
-    """One tf.function per training kernel of `spec`, each returning a scalar slice of
-    its result (the timing stays free of host copies)."""
-    x = tf.random.normal(spec.input_shape)
-    w = tf.random.normal(spec.filter_shape) * 0.05
-    dy = tf.random.normal(spec.output_shape)
-    kernels = [tf.function(lambda op=op: op(x, w, dy)[0, 0, 0, 0]) for op in conv_ops(spec)]
+def _timed_functions(ops, *args) -> list:
+    """One warmed-up tf.function per op applied to `args`, each returning the first
+    element of its result (the timing stays free of host copies)."""
+    kernels = [tf.function(lambda op=op: tf.reshape(op(*args), [-1])[0]) for op in ops]
     for kernel in kernels:
         kernel().numpy()  # trace and warm up outside the timing
     return kernels
+
+
+def _kernels(spec: ConvSpec) -> list:
+    """The timed training kernels of one convolution, on random inputs."""
+    return _timed_functions(conv_ops(spec), tf.random.normal(spec.input_shape),
+                            tf.random.normal(spec.filter_shape) * 0.05,
+                            tf.random.normal(spec.output_shape))
 
 
 def _best_seconds(kernel, reps: int) -> float:
@@ -144,10 +148,8 @@ def _best_seconds(kernel, reps: int) -> float:
 
 def matmul_best_flops_per_s(overhead: float, n: int = 2048, reps: int = 5) -> float:
     """float32 FLOP/s of an n^3 matmul (2 n^3 FLOPs), timed as the kernels are."""
-    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
-    kernel = tf.function(lambda: tf.matmul(a, b)[0, 0])
-    kernel().numpy()
-    return 2.0 * n**3 / _seconds([kernel], reps, overhead)
+    kernels = _timed_functions([tf.matmul], tf.random.normal([n, n]), tf.random.normal([n, n]))
+    return 2.0 * n**3 / _seconds(kernels, reps, overhead)
 
 
 def call_overhead(reps: int = 50) -> float:
@@ -197,12 +199,10 @@ def matmul_ops() -> list:
 
 
 def _matmul_kernels(spec) -> list:
+    """The timed training kernels of one [m, k] x [k, n] matmul, on random inputs."""
     m, k, n = spec
-    a, b, dy = tf.random.normal([m, k]), tf.random.normal([k, n]), tf.random.normal([m, n])
-    kernels = [tf.function(lambda op=op: op(a, b, dy)[0, 0]) for op in matmul_ops()]
-    for kernel in kernels:
-        kernel().numpy()
-    return kernels
+    return _timed_functions(matmul_ops(), tf.random.normal([m, k]), tf.random.normal([k, n]),
+                            tf.random.normal([m, n]))
 
 
 def _valid_patches(model, batch) -> int:
