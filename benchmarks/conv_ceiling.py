@@ -205,10 +205,6 @@ def _matmul_kernels(spec) -> list:
                             tf.random.normal([m, n]))
 
 
-def _valid_patches(model, batch) -> int:
-    return int(tf.reduce_sum(tf.cast(model(batch, training=True)["patch_valid"], tf.int32)))
-
-
 def measure(config: str, rounds: int, reps: int, num_classes: int) -> dict:
     """Isolated kernel times of the model's convolutions and matmuls, per part."""
     backbone, size, batch_size = lib.parse_config(config)
@@ -221,7 +217,7 @@ def measure(config: str, rounds: int, reps: int, num_classes: int) -> dict:
              for (spec, part), count in conv_specs(graph).items()]
     items += [(part, count, matmul_flops(spec), _matmul_kernels(spec))
               for (spec, part), count in
-              matmul_specs(graph, _valid_patches(model, batch)).items()]
+              matmul_specs(graph, lib.valid_patches(model, batch)).items()]
     part_flops = collections.Counter()
     for part, count, flops, _ in items:
         part_flops[part] += count * flops

@@ -135,10 +135,14 @@ def _profiled_flops(fn, *args) -> float:
     return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
 
 
+def valid_patches(model, batch, training=True) -> int:
+    """Number of valid patches SCDNN keeps for `batch` (the label predictors' rows)."""
+    return int(tf.reduce_sum(tf.cast(model(batch, training=training)["patch_valid"], tf.int32)))
+
+
 def _predictor_flops(model, batch, training=True) -> float:
     """FLOPs of SCDNN's label predictors on the batch's valid patches (dynamic count)."""
-    outputs = model(batch, training=training)
-    patches = float(tf.reduce_sum(tf.cast(outputs["patch_valid"], tf.float32)))
+    patches = float(valid_patches(model, batch, training))
     flat = model.crop_size**2 * model.fpn_channels
     per_patch = 2.0 * (flat * model.fc_units + model.fc_units**2 +
                        model.fc_units * model.num_classes)
