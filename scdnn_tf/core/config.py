@@ -69,6 +69,14 @@ class TrainConfig:
                                        "hf-hub:timm/resnext101_32x8d.tv_in1k).")
     freeze_bn: bool = _field(False, "Keep backbone BatchNorm layers frozen (inference mode).")
     freeze_stages: int = _field(0, "Freeze the backbone stem and the first k-1 stages (0 = none).")
+    # Fine-tuning from another run (--init_from; core/init_from.py).
+    init_from: str = _field("", "Start a new run from another run's weights: its model_dir "
+                                "(newest checkpoint) or a checkpoint prefix DIR/ckpt-N. "
+                                "Variables are matched by name and shape; the output layers "
+                                "take the rows of the classes named in both label maps (the "
+                                "source's label_map.txt beside its checkpoint). Optimizer "
+                                "state starts fresh. Ignored when --model_dir holds a "
+                                "checkpoint of its own (the run resumes).")
     image_size: int = _field(448, "Input side S in pixels (a multiple of 32).")
     fpn_channels: int = _field(256, "Feature pyramid width.")
     min_level: int = _field(2, "Finest pyramid level: 2 (P2..P5, the paper) or 3 (P3..P5: no "
@@ -152,6 +160,12 @@ class TrainConfig:
             local = value and value != "imagenet" and not is_hub_spec(value)
             if local and not os.path.isfile(value):
                 _fail(name, value, "must name an existing file")
+        if self.init_from:  # --init_from
+            _require(self, "init_from", os.path.isdir(self.init_from)
+                     or os.path.isfile(self.init_from + ".index"),
+                     "must be a model_dir or a checkpoint prefix (MODEL_DIR/ckpt-N)")
+            _require(self, "init_from", os.path.abspath(self.init_from.rstrip("/"))
+                     != os.path.abspath(self.model_dir.rstrip("/")), "must not be --model_dir")
         if self.backbone_weights == "imagenet" and self.backbone not in KERAS_IMAGENET_NAMES:
             _fail("backbone_weights", "imagenet", f"is only available for --backbone in "
                   f"{', '.join(KERAS_IMAGENET_NAMES)}, not {self.backbone}; pass a converted "
