@@ -208,3 +208,17 @@ def test_pretrained_mobilenet_v2_matches_keras_and_names_the_photos(mobilenet_fi
     top1 = (pooled @ head["kernel"] + head["bias"]).argmax(axis=1)
     for (image_id, name), k in zip(SANITY.items(), top1):
         assert labels[k].startswith(name), (image_id, labels[k])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "convnext_tiny"])
+def test_mixed_precision_keeps_preprocessing_and_weights_in_float32(name):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_backbone(name)
+        out = model(_images(1, 64))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("preprocess").compute_dtype == "float32"
+    for level in STRIDES:
+        assert out[level].dtype == tf.float16 and np.all(np.isfinite(out[level]))
+    assert all(w.dtype == "float32" for w in model.weights)
