@@ -159,6 +159,10 @@ def test_refusals_name_the_flag_and_the_problem(source_run, target_data, tmp_pat
         init_from.resolve_source(str(empty))
     model = BaselineClassifier(4, backbone="small", image_size=64)
     model(np.zeros((1, 64, 64, 3), "float32"))
+    # A GAP baseline takes an SCDNN run's backbone; its own classifier starts fresh.
+    plan = init_from.initialize(model, source_run, TARGET_CLASSES)
+    assert sorted(plan.new) == ["baseline:classifier:bias", "baseline:classifier:kernel"]
+    assert len(plan.loaded) == len(model.variables) - 2 and not plan.by_class
     # A checkpoint copied without its label map.
     bare = tmp_path / "bare"
     bare.mkdir()
