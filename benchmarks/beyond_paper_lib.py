@@ -33,6 +33,7 @@ class Run:
       flags: training flags after `--flagfile=configs/demo.flags` (data, recipe, option).
       eval_sets: (name, TFRecord glob) pairs scored with `scdnn_tf.evaluate` at the end.
       steps, warmup_steps: the schedule (warm-up as the recipe's, 0 if it would not fit).
+      flagfile: the recipe the flags are added to (default: the demo recipe).
     """
 
     experiment: str
@@ -42,6 +43,7 @@ class Run:
     eval_sets: tuple[tuple[str, str], ...]
     steps: int
     warmup_steps: int
+    flagfile: str = DEMO_FLAGS
 
     @property
     def name(self) -> str:
@@ -49,17 +51,17 @@ class Run:
 
 
 def make_runs(experiment: str, variants: dict[str, tuple[str, ...]], seeds, common_flags,
-              eval_sets, steps: int, recipe_warmup: int) -> list[Run]:
+              eval_sets, steps: int, recipe_warmup: int, flagfile: str = DEMO_FLAGS) -> list[Run]:
     """Runs of every variant for every seed, seed-major (contenders share the load)."""
     warmup = recipe_warmup if steps > recipe_warmup else 0
     return [Run(experiment, variant, int(seed), tuple(common_flags) + tuple(extra),
-                tuple(eval_sets), steps, warmup)
+                tuple(eval_sets), steps, warmup, flagfile)
             for seed in seeds for variant, extra in variants.items()]
 
 
 def train_command(run: Run, model_dir: str) -> list[str]:
     """`python -m scdnn_tf.train` for the run (one evaluation, one checkpoint: the end)."""
-    return [sys.executable, "-m", "scdnn_tf.train", f"--flagfile={DEMO_FLAGS}", *run.flags,
+    return [sys.executable, "-m", "scdnn_tf.train", f"--flagfile={run.flagfile}", *run.flags,
             f"--model_dir={model_dir}", f"--seed={run.seed}", f"--train_steps={run.steps}",
             f"--warmup_steps={run.warmup_steps}", f"--eval_every={run.steps}",
             f"--checkpoint_every={run.steps}", "--logtostderr"]
