@@ -39,12 +39,11 @@ from scdnn_tf.data.label_map import read_label_map  # noqa: E402
 RECIPE = os.path.join(lib.REPO, "scdnn_tf", "configs", "coco_mobilenet_v2.flags")
 BASELINE = "--model=baseline"
 VARIANTS = {
-    "baseline lr 1e-3": (BASELINE, "--learning_rate=0.001"),
-    "baseline lr 3e-3": (BASELINE, "--learning_rate=0.003"),
+    "baseline lr 1e-2": (BASELINE, "--learning_rate=0.01"),
+    "baseline lr 3e-2": (BASELINE, "--learning_rate=0.03"),
     "scdnn": (),
     "scdnn +global": ("--global_patch",),
     "scdnn +global +relation": ("--global_patch", "--relation=attention"),
-    "scdnn lr 3e-3": ("--learning_rate=0.003",),
 }
 WARMUP_FRACTION = 0.1
 HELD_OUT, TRAIN = "held_out", "train"
@@ -123,7 +122,7 @@ def define_flags() -> None:
                         "Folder of the real COCO collections (coco_mini, coco128, coco_tiny, "
                         "tiny_coco).")
     flags.DEFINE_list("seeds", ["0", "1"], "Training seeds (each trains every variant).")
-    flags.DEFINE_integer("train_steps", 150, "Steps per run (batch 16).", lower_bound=1)
+    flags.DEFINE_integer("train_steps", 100, "Steps per run (batch 16).", lower_bound=1)
     flags.DEFINE_integer("image_size", 224, "Image side, px.", lower_bound=64)
     flags.DEFINE_list("variants", [], f"Only these variants (default all: {list(VARIANTS)}).")
     flags.DEFINE_integer("parallel", 1, "Training processes at once.", lower_bound=1)
