@@ -25,7 +25,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from scdnn_tf.data import label_map as label_map_lib
-from scdnn_tf.data import record_checks, records, shards
+from scdnn_tf.data import input_errors, record_checks, records, shards
 
 FLAGS = flags.FLAGS
 
@@ -69,10 +69,23 @@ def iter_examples(pattern: str):
         if problem is not None:
             raise ValueError(f"corrupt TFRecord shard {path}: {problem} after {count} records")
         try:
-            for serialized in tf.data.TFRecordDataset(path):
-                yield {k: v.numpy() for k, v in records.parse_example(serialized).items()}
+            for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
+                yield _parse(serialized, index, path)
         except tf.errors.DataLossError as e:
             raise ValueError(f"corrupt TFRecord shard {path}: {e.message}") from None
+
+
+def _parse(serialized, index: int, path: str) -> dict:
+    """`records.parse_example` as numpy; a record that cannot be read is a ValueError
+    naming the shard and the index."""
+    try:
+        parsed = records.parse_example(serialized, f" at index {index} of shard {path}")
+        return {k: v.numpy() for k, v in parsed.items()}
+    except tf.errors.InvalidArgumentError as e:
+        detail = input_errors.assertion_text(e.message) or input_errors.op_error_text(e.message)
+    except UnicodeDecodeError:  # TF's message quoted the record's undecodable bytes
+        detail = "not a tf.train.Example"
+    raise ValueError(f"record at index {index} of shard {path} cannot be read: {detail}")
 
 
 def _class_names(files: list[str], label_map: str | None) -> list[str] | None:

@@ -115,3 +115,23 @@ def test_truncated_weights_file_names_it(tmp_path, fraction):
         check_readable(str(path))
     with pytest.raises(ValueError, match="small.weights.h5"):
         load_weights_by_name(build_resnext_classifier("small", num_classes=2), str(path))
+
+
+@pytest.mark.spawns
+def test_convert_weights_cli_damaged_source_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT, child_env
+
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    proc = subprocess.run([sys.executable, "-m", "data_tools.convert_weights",
+                           f"--source={source}", "--arch=resnet50_tv",
+                           f"--output={tmp_path}/o.weights.h5"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and f"{source}: damaged checkpoint" in errors[0]
+    assert not (tmp_path / "o.weights.h5").exists()

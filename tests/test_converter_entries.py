@@ -195,11 +195,17 @@ def _records(tmp_path, objects, names=("cat", "dog")):
 
 def test_pipeline_compares_stored_names_with_label_map(tmp_path):
     pattern = _records(tmp_path, [([0], ["cat"]), ([1, 0], ["dog", "umbrella"])])
-    ok = make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"]).take(1)
+    ok = make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"],
+                      check_first=1).take(1)
     assert len(list(ok)) == 1
+    with pytest.raises(ValueError, match="record 1.jpg .*at index 1 of shard .*r-00000-of-00001"
+                                         ".*class 0 stored as 'umbrella' but the label map "
+                                         "names it 'cat'"):
+        make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"])
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="(?s)record 1.jpg.*umbrella.*label map names them.*cat"):
-        list(make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"]))
+        list(make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"],
+                          check_first=1))
 
 
 def test_inspect_compares_stored_names_with_label_map(tmp_path):
