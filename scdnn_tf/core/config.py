@@ -21,6 +21,7 @@ from scdnn_tf.modeling.backbones import BACKBONE_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
 from scdnn_tf.modeling.relation import RELATIONS
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
+from scdnn_tf.utils import files
 
 MODELS = ("scdnn", "baseline")
 OPTIMIZERS = ("sgd", "adamw")
@@ -29,14 +30,6 @@ STRATEGIES = ("mirrored", "multi_worker_mirrored", "one_device")
 ARCHITECTURE_FIELDS = ("model", "backbone", "image_size", "fpn_channels", "fc_units",
                        "min_level", "anchor_sizes", "aspect_ratios", "branches", "relation",
                        "relation_layers", "context_scales", "global_patch")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    # A kill mid-write must not leave a truncated config.json that breaks the resume.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _field(default, help_text, choices=None):
@@ -220,18 +213,27 @@ class TrainConfig:
                 lines.append(f"--{key}={','.join(str(v) for v in value)}")
             else:
                 lines.append(f"--{key}={value}")
-        _write_atomic(os.path.join(model_dir, "flags.txt"), "\n".join(lines) + "\n")
-        _write_atomic(os.path.join(model_dir, "config.json"),
-                      json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        # Whole files: a kill or a full disk never leaves a truncated config.json.
+        files.write_atomically(os.path.join(model_dir, "flags.txt"), "\n".join(lines) + "\n")
+        files.write_atomically(os.path.join(model_dir, "config.json"),
+                               json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def read(cls, model_dir: str) -> "TrainConfig":
-        """Reads `config.json` from a model_dir written by `write`."""
+        """Reads `config.json` from a model_dir written by `write`; a damaged file is a
+        ValueError naming --model_dir, the file and the position."""
         path = os.path.join(model_dir, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model_dir?")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        with files.flag_errors("model_dir", model_dir):
+            values = files.read_json(path)
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: expected a JSON object of flag values, got "
+                                 f"{type(values).__name__}")
+            try:
+                return cls.from_dict(values)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}: {e}") from None
 
 
 def parse_profile_steps(value: str) -> tuple[int, int] | None:

@@ -6,7 +6,8 @@ INFO/WARNING start-up notes (set it to 0 to see them). Tools that use TensorFlow
 `scdnn_tf.utils.tf_start` first, which imports it through `import_tensorflow_quietly`.
 `run(main)` is `absl.app.run(main)` where an expected user error (a bad flag value, a
 missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one line
-`<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
+`<tool>: error: <message>` and exits with status 2 (75 for a full disk: free space and
+run the same command again; see `files.DiskFullError`), and a graceful stop on SIGTERM /
 SIGINT exits with 143 / 130 after its checkpoint. `--traceback` shows the Python
 traceback of such errors too; unexpected exceptions always show it. `--config=NAME` reads
 the packaged flagfile `scdnn_tf/configs/NAME.flags` (demo, coco, voc, ...).
@@ -23,6 +24,8 @@ import logging as std_logging  # noqa: E402
 import tempfile  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
+
+from scdnn_tf.utils import files  # noqa: E402
 
 # TensorFlow's C++ start-up notes that TF_CPP_MIN_LOG_LEVEL cannot hide (they are written
 # before its logging is configured).
@@ -130,12 +133,12 @@ def run(main) -> None:
             if isinstance(e, GracefulStop):
                 logging.warning("%s", e)
                 sys.exit(e.exit_code)
-            if not isinstance(e, _expected_errors()):
+            if not isinstance(e, _expected_errors()) and not files.is_disk_full(e):
                 raise
             if flags.FLAGS.traceback:
                 raise
             sys.stderr.write(f"{prog}: error: {error_message(e)}\n")
-            sys.exit(USER_ERROR_EXIT)
+            sys.exit(files.DISK_FULL_EXIT if files.is_disk_full(e) else USER_ERROR_EXIT)
 
     app.run(guarded, argv=expand_config_args(sys.argv))
 
