@@ -25,7 +25,6 @@ from scdnn_tf.utils import cli  # noqa: I001  (imports no TensorFlow: a conversi
 import collections
 import contextlib
 import io
-import json
 import os
 
 import numpy as np
@@ -34,6 +33,7 @@ from pycocotools.coco import COCO
 
 from data_tools import coco_checks, convert_common, image_checks
 from scdnn_tf.data.tfrecord_writer import ConversionSummary
+from scdnn_tf.utils import files
 
 FLAGS = flags.FLAGS
 
@@ -51,17 +51,12 @@ def load_coco(path: str, summary: ConversionSummary | None = None) -> COCO:
     Malformed image/annotation entries are left out and counted in `summary` (see
     `coco_checks`); category defects and a non-list `annotations` raise ValueError.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"COCO annotations not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "categories")):
-        raise ValueError(f"{path}: not a COCO instances file (needs 'images' and "
-                         "'categories' lists)")
+    with files.flag_errors("annotations", path):
+        data = files.read_json(path)
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(k), list) for k in ("images", "categories")):
+            raise ValueError(f"{path}: not a COCO instances file (needs 'images' and "
+                             "'categories' lists)")
     data = coco_checks.clean_dataset(data, path, summary or ConversionSummary())
     coco = COCO()
     coco.dataset = data

@@ -25,6 +25,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from scdnn_tf.data import label_map as label_map_lib
+from scdnn_tf.utils import files as side_files
 from scdnn_tf.data import input_errors, record_checks, records, shards
 
 FLAGS = flags.FLAGS
@@ -90,7 +91,8 @@ def _parse(serialized, index: int, path: str) -> dict:
 
 def _class_names(files: list[str], label_map: str | None) -> list[str] | None:
     if label_map:
-        return label_map_lib.read_label_map(label_map)
+        with side_files.flag_errors("label_map", label_map):
+            return label_map_lib.read_label_map(label_map)
     beside = os.path.join(os.path.dirname(files[0]), "label_map.txt")
     return label_map_lib.read_label_map(beside) if os.path.exists(beside) else None
 

@@ -28,6 +28,7 @@ from absl import flags
 from data_tools import convert_common, image_checks
 from scdnn_tf.data.tfrecord_writer import ConversionSummary
 from scdnn_tf.data import label_map
+from scdnn_tf.utils import files
 
 FLAGS = flags.FLAGS
 
@@ -44,11 +45,13 @@ def read_names(path: str) -> list[str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"class names file not found: {path}")
     if path.endswith((".yaml", ".yml")):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML ({e})") from None
+        try:
+            data = yaml.safe_load(files.read_text(path))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or e
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             keys = sorted(int(k) for k in names)
@@ -178,7 +181,8 @@ def convert(image_dir: str, label_dir: str, names: str, output_prefix: str,
     for d in (image_dir, label_dir):
         if not os.path.isdir(d):
             raise FileNotFoundError(f"folder not found: {d}")
-    class_names = read_names(names)
+    with files.flag_errors("names", names):
+        class_names = read_names(names)
     convert_common.check_label_map_beside(output_prefix, class_names)
     summary = ConversionSummary(strict=strict)
     image_files = list_images(image_dir)

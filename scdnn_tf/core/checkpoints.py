@@ -268,8 +268,8 @@ def disk_full_guard(model_dir: str, step=None):
     try:
         yield
     except Exception as e:
-        if not files.is_disk_full(e):
-            raise
+        if isinstance(e, files.DiskFullError) or not files.is_disk_full(e):
+            raise  # an inner guard's report, or no disk problem
         at = step() if step is not None else None
         removed = remove_partial_saves(model_dir, at)
         try:

@@ -121,13 +121,15 @@ def build_example(
 
 
 @functools.cache
-def _features() -> dict:
-    # Every key may be absent: records from other tools (e.g. TF Model Garden's
-    # create_coco_tf_record, which has no `image/class/label` or `difficult`) still parse,
-    # and a record without `image/encoded` fails the image check naming the record.
+def _features(image_required: bool = True) -> dict:
+    # Only `image/encoded` may be required: records from other tools (e.g. TF Model
+    # Garden's create_coco_tf_record, which has no `image/class/label` or `difficult`)
+    # still parse. Without `image_required`, a record lacking it parses with empty bytes
+    # (the image check then names the record).
     import tensorflow as tf  # noqa: PLC0415 (writers never need it)
+    encoded = ({} if image_required else {"default_value": b""})
     return {
-        ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        ENCODED: tf.io.FixedLenFeature([], tf.string, **encoded),
         FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
         HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
@@ -152,7 +154,9 @@ def parse_example(serialized, context=None) -> dict:
       serialized: scalar string, the record.
       context: optional scalar string appended to the record's name in messages (e.g.
         " at index 7 of shard /data/train-00000-of-00008.tfrecord"). When given, the
-        per-object lists are checked to agree in length (an error naming the record).
+        per-object lists are checked to agree in length (an error naming the record) and
+        a missing `image/encoded` parses as empty bytes (for the image check to name);
+        without it, a missing `image/encoded` is a parse error.
 
     Returns a dict with: `encoded` (string scalar, empty if absent), `format`, `filename`,
     `source_id`, `height`, `width` (int32 scalars, 0 if absent), `boxes` [N, 4] float32
@@ -163,7 +167,7 @@ def parse_example(serialized, context=None) -> dict:
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    f = tf.io.parse_single_example(serialized, _features())
+    f = tf.io.parse_single_example(serialized, _features(image_required=context is None))
     dense = {k: tf.sparse.to_dense(v) for k, v in f.items() if isinstance(v, tf.SparseTensor)}
     where = tf.strings.join(["record ", f[FILENAME], " (source_id ", f[SOURCE_ID], ")",
                              "" if context is None else context])

@@ -180,10 +180,10 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
     if chief:
         files.check_writable(config.model_dir, "model_dir", folder=True)
     try:
-        with run_lock.locked(config.model_dir, enabled=chief):
+        with checkpoints.disk_full_guard(config.model_dir), \
+                run_lock.locked(config.model_dir, enabled=chief):
             if chief:  # the others read nothing half-written: the chief checks and writes
-                with checkpoints.disk_full_guard(config.model_dir):
-                    check_and_write_run_files(config, class_names)
+                check_and_write_run_files(config, class_names)
             return _train(config, strategy, class_names, write_dir, extra_callbacks)
     finally:
         if not chief:
