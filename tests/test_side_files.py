@@ -137,3 +137,27 @@ def test_write_atomically_keeps_the_old_file_on_error(tmp_path, monkeypatch):
         files.write_json(str(path), {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["metrics.json"]  # the temporary file is gone
+
+
+@pytest.mark.spawns
+def test_bad_flagfile_line_is_one_line_naming_file_and_line(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT, child_env
+
+    flagfile = _write(tmp_path / "run.flags", "--num_shards=2\n--num_shardz=3\n")
+    bad_value = _write(tmp_path / "value.flags", "\n--num_shards=two\n")
+    for args, expected in (
+            ([f"--flagfile={flagfile}"], f"--flagfile={flagfile} line 2: Unknown command line "
+                                         "flag 'num_shardz'"),
+            ([f"--flagfile={bad_value}"], f"--flagfile={bad_value} line 2: flag "
+                                          "--num_shards=two: "),
+            ([f"--flagfile={tmp_path}/none.flags"], f"--flagfile={tmp_path}/none.flags: no such "
+                                                    "file or directory")):
+        proc = subprocess.run([sys.executable, "-m", "data_tools.coco_to_tfrecord", *args],
+                              capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"coco_to_tfrecord: error: {expected}"), line

@@ -21,6 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging as std_logging  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -140,7 +141,44 @@ def run(main) -> None:
             sys.stderr.write(f"{prog}: error: {error_message(e)}\n")
             sys.exit(files.DISK_FULL_EXIT if files.is_disk_full(e) else USER_ERROR_EXIT)
 
-    app.run(guarded, argv=expand_config_args(sys.argv))
+    app.run(guarded, argv=expand_config_args(sys.argv), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad flag (or flagfile line) reported as one line, exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "scdnn"
+        message = " ".join(str(e).split())
+        unopened = re.search(r"Unable to open flagfile: \[Errno \d+\] ([^:]*): '(.*)'", message)
+        if unopened:
+            message = f"--flagfile={unopened.group(2)}: {unopened.group(1).lower()}"
+        if "Unknown command line flag" in message:
+            message += " (--helpfull lists the flags)"
+        sys.stderr.write(f"{prog}: error: {_flagfile_position(message, argv)}{message}\n")
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _flagfile_position(message: str, argv: list[str]) -> str:
+    """`--flagfile=PATH line N: ` for the flagfile line holding the flag named in
+    `message`, or "" when it came from the command line (or cannot be found)."""
+    name = re.search(r"flag '?-*([A-Za-z_][\w-]*)", message)
+    if name is None:
+        return ""
+    pattern = re.compile(rf"^\s*--?(no)?{re.escape(name.group(1))}(=|\s*$)")
+    for arg in argv[1:]:
+        if not arg.startswith("--flagfile="):
+            continue
+        path = arg.split("=", 1)[1]
+        try:
+            lines = files.read_text(path).splitlines()
+        except (OSError, ValueError):
+            continue
+        for number, line in enumerate(lines, 1):
+            if pattern.match(line):
+                return f"--flagfile={path} line {number}: "
+    return ""
 
 
 def define_model_dir_flag() -> None:
