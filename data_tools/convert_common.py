@@ -32,6 +32,7 @@ from scdnn_tf.data.tfrecord_writer import (
     ConversionSummary,
     ShardedWriter,
 )
+from scdnn_tf.utils import files
 from scdnn_tf.utils.progress import Progress
 
 # Box skip reasons.
@@ -260,7 +261,9 @@ def write_label_map_beside(output_prefix: str, names: list[str],
 
 
 def run_main(convert_fn, *args, **kwargs) -> None:
-    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.utils.cli`)."""
+    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.utils.cli`);
+    the output folder is checked for writability first."""
+    files.check_writable(kwargs["output_prefix"], "output_prefix")
     print(convert_fn(*args, **kwargs).report())
 
 

@@ -183,6 +183,8 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect_tfrecord PATTERN [--draw=DIR --num=K] "
                              "[--label_map=FILE]")
+    if FLAGS.draw:
+        side_files.check_writable(FLAGS.draw, "draw", folder=True)  # before reading records
     print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
 
 

@@ -103,9 +103,14 @@ def test_evaluate_records_with_other_class_names_mid_run(saved_run, tmp_path):
     assert not os.path.exists(saved_run / "run" / "metrics.json")
 
 
+def _blocker(path):
+    """A plain file where a folder is expected."""
+    path.write_text("x")
+    return path
+
+
 def test_evaluate_unwritable_thresholds_out_fails_before_evaluating(saved_run, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
+    blocker = _blocker(tmp_path / "file")
     code, err = run_cli("scdnn_tf.evaluate", f"--model_dir={saved_run}/run",
                         f"--thresholds_out={blocker}/t.json")
     line = one_error_line(code, err)
@@ -124,14 +129,13 @@ def test_truncated_thresholds_file(saved_run, tmp_path, tool):
     code, err = run_cli(f"scdnn_tf.{tool}", f"--model_dir={saved_run}/run",
                         f"--thresholds={cut}", *args)
     line = one_error_line(code, err)
-    assert line == (f"{tool}: error: --thresholds={cut}: not valid JSON at line 1 column 61: "
+    assert line == (f"{tool}: error: --thresholds={cut}: not valid JSON at line 1 column 59: "
                     "Expecting value")
     assert not os.path.exists(tmp_path / "served")
 
 
 def test_export_dir_that_is_a_file_fails_before_loading(saved_run, tmp_path):
-    blocker = tmp_path / "served"
-    blocker.write_text("x")
+    blocker = _blocker(tmp_path / "served")
     code, err = run_cli("scdnn_tf.export", f"--model_dir={saved_run}/run",
                         f"--export_dir={blocker}")
     line = one_error_line(code, err)
