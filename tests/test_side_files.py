@@ -161,3 +161,29 @@ def test_bad_flagfile_line_is_one_line_naming_file_and_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith(f"coco_to_tfrecord: error: {expected}"), line
+
+
+def test_empty_label_map_and_config_values_of_the_wrong_kind(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", num_train=2, num_val=1)
+    config = tiny_config(data, tmp_path / "run")
+    config.label_map = _write(tmp_path / "empty.txt", "\n")
+    with pytest.raises(ValueError, match=f"^--label_map={config.label_map}: no class name"):
+        prepare_inputs(config)
+    run = tmp_path / "old"
+    tiny_config(data, run).write(str(run))
+    values = json.loads((run / "config.json").read_text())
+    for key, bad in (("image_size", "64"), ("augment", 1), ("anchor_sizes", ["8", 16])):
+        _write(run / "config.json", json.dumps({**values, key: bad}))
+        with pytest.raises(ValueError, match=f"^--model_dir={run}: {run}/config.json: '{key}' "
+                                             "is .*, not a value of its kind"):
+            TrainConfig.read(str(run))
+
+
+def test_damaged_backbone_weights_name_the_flag(tmp_path):
+    from scdnn_tf.core.builders import build_model
+
+    path = _write(tmp_path / "small.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    config = tiny_config(str(tmp_path), tmp_path / "run", backbone_weights=path)
+    with pytest.raises(ValueError, match=f"^--backbone_weights={path}: not a readable weights "
+                                         "file"):
+        build_model(config, 3)

@@ -195,11 +195,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Builds a config from `to_dict()` output; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """Builds a config from `to_dict()` output; an unknown key or a value of the wrong
+        type (e.g. `"image_size": "448"`) is an error naming it."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(defaults))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
+        for key, value in values.items():
+            if not _same_kind(value, defaults[key]):
+                raise ValueError(f"{key!r} is {value!r}, not a value of its kind "
+                                 f"({type(defaults[key]).__name__}, like {defaults[key]!r})")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def write(self, model_dir: str) -> None:
@@ -234,6 +239,22 @@ class TrainConfig:
                 return cls.from_dict(values)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{path}: {e}") from None
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a config.json value fits the field whose default is `default`."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return number(value)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(number(v) for v in value)
+    return isinstance(value, type(default))
 
 
 def parse_profile_steps(value: str) -> tuple[int, int] | None:

@@ -27,6 +27,8 @@ def read_label_map(path: str) -> list[str]:
     names = text.split("\n")
     while names and not names[-1].strip():
         names.pop()
+    if not names:
+        raise ValueError(f"label map {path}: no class name (the file is empty)")
     for i, n in enumerate(names):
         if not n.strip():
             raise ValueError(f"label map {path}: line {i + 1} is empty (one class name per line)")
