@@ -77,6 +77,7 @@ def prepare_inputs(config: TrainConfig) -> list[str]:
     checks the first records of every shard against them (before any model is built).
     Returns the class names."""
     if config.demo_data_dir and not tf.io.gfile.glob(config.train_pattern):
+        files.check_writable(config.demo_data_dir, "demo_data_dir", folder=True)
         logging.info("generating the synthetic shapes dataset in %s", config.demo_data_dir)
         shapes.ensure_shapes_dataset(config.demo_data_dir)
     config.validate()
