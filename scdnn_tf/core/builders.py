@@ -16,7 +16,7 @@ def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bo
     weights = (config.backbone_weights or None) if load_backbone_weights else None
     if weights and weights != "imagenet" and not is_hub_spec(weights):
         with files.flag_errors("backbone_weights", weights):  # a damaged file, named early
-            check_readable(weights)
+            check_readable(weights, by_name=False)
     common = dict(backbone=config.backbone, backbone_weights=weights,
                   image_size=config.image_size, freeze_bn=config.freeze_bn,
                   freeze_stages=config.freeze_stages)

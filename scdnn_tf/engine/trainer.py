@@ -41,7 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.engine import callbacks as callbacks_lib
-from scdnn_tf.core import checkpoints, restore
+from scdnn_tf.core import checkpoints, init_from, restore
 from scdnn_tf.core.strategy import make_strategy, worker_write_dir
 from scdnn_tf.evaluation import evaluator
 from scdnn_tf.engine import preemption
@@ -192,8 +192,14 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
 
 
 def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
-    model, manager, _ = restore.build_and_restore(config, len(class_names), strategy,
-                                                  save_dir=write_dir)
+    model, manager, restored = restore.build_and_restore(config, len(class_names), strategy,
+                                                         save_dir=write_dir)
+    if config.init_from and restored:
+        logging.info("--init_from=%s ignored: the run resumes from its own checkpoint %s",
+                     config.init_from, restored)
+    elif config.init_from:
+        with strategy.scope():
+            init_from.initialize(model, config.init_from, class_names)
     # A full disk (checkpoint, event files, side files): one line, partial saves removed.
     with checkpoints.disk_full_guard(write_dir, lambda: callbacks_lib.global_step(model)):
         return _train_model(config, strategy, class_names, write_dir, extra_callbacks, model,

@@ -10,6 +10,8 @@ by name, so a backbone file could not be loaded into a larger model; hence this 
                         moving_mean, moving_variance; conv kernel [kh, kw, in/groups, out]).
 """
 
+import os
+
 import h5py
 import keras
 import numpy as np
@@ -67,12 +69,28 @@ def _check_shapes(layer_name, expected, found, path):
                 f"{tuple(np.shape(found[key]))}, model expects {tuple(expected[key].shape)}")
 
 
-def check_readable(path):
-    """Raises ValueError naming `path` unless it is a by-name file whose every variable
-    reads back (a truncated or partly overwritten file fails here)."""
+def is_by_name_file(path):
+    """True when `path` is a readable HDF5 file written by `save_weights_by_name`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
+
+
+def check_readable(path, by_name=True):
+    """Raises ValueError naming `path` unless it is an HDF5 file (with `by_name`, one
+    written by `save_weights_by_name`) whose every variable reads back: a truncated or
+    partly overwritten file fails here."""
+    try:
+        with h5py.File(path, "r") as f:
+            if by_name and f.attrs.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a by-name weights file")
 
             def read(name, node):
