@@ -114,10 +114,13 @@ def check_writable(path: str, flag: str, folder: bool = False) -> None:
     nearest existing parent, where the missing folders will be made) takes a new file.
     `folder=True`: `path` is a folder that exists or can be made, and takes new files.
     Checked by creating and removing a file, so read-only mounts and permissions count
-    as they will for the real write. Nothing is left behind.
+    as they will for the real write. Nothing is left behind. Remote paths (`gs://...`)
+    are not checked here.
     """
     if not path:
         raise ValueError(f"--{flag} is empty: it needs a {'folder' if folder else 'file'} path")
+    if "://" in path:
+        return
     if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):
         raise ValueError(f"--{flag}={path}: is a folder; give a file path")
     if folder and os.path.exists(path) and not os.path.isdir(path):
