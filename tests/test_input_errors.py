@@ -86,7 +86,7 @@ def test_the_same_records_fail_at_the_start_naming_shard_and_record(tmp_path):
 
 @pytest.mark.parametrize("garbage, detail", [
     (b"not a proto", "Could not parse example input"),
-    (b"\xff\xfe not a proto", "undecodable bytes"),
+    (b"\xff\xfe not a proto", "Could not parse example input"),
 ])
 def test_unreadable_record_without_a_check_still_one_line(tmp_path, garbage, detail):
     shard = _write(tmp_path / "g.tfrecord", [_example(0), garbage])
@@ -124,6 +124,9 @@ def test_errors_not_from_the_input_pass_through():
     except tf.errors.InvalidArgumentError as e:
         assert input_error_message(e) is None
     assert input_error_message(ValueError("x")) is None
+    with pytest.raises(UnicodeDecodeError):
+        with input_errors():
+            b"\xff".decode("utf-8")
 
 
 def test_inspect_names_the_unreadable_record(tmp_path):

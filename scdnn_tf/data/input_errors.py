@@ -24,6 +24,7 @@ _EAGER_BYTES = re.compile(r"b'(.*)'")
 _PREFIXES = (re.compile(r"\{\{function_node [^}]*\}\}\s*"),
              re.compile(r"Error in user-defined function passed to \S+ transformation with "
                         r"iterator: \S+: "))
+_MAX_DETAIL = 200
 _SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]( name: \S*)?\s*$")
 _NOISE = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
 
@@ -72,7 +73,9 @@ def op_error_text(text: str) -> str:
     line = lines[0] if lines else text
     for prefix in _PREFIXES:
         line = prefix.sub("", line)
-    return " ".join(_SUFFIX.sub("", line).split())
+    line = " ".join(_SUFFIX.sub("", line).split())
+    # TensorFlow quotes a record it cannot parse whole: keep the start of it.
+    return line if len(line) <= _MAX_DETAIL else line[:_MAX_DETAIL] + "..."
 
 
 def input_error_message(error: BaseException, source: str = "") -> str | None:
@@ -107,7 +110,7 @@ def input_errors(source: str = ""):
 
     Errors that do not come from the input pipeline pass through unchanged. TensorFlow
     fails to convert an error message quoting undecodable bytes (a record that is not an
-    Example) and raises UnicodeDecodeError instead: that is an unreadable record too.
+    Example) and raises UnicodeDecodeError instead; its raw message is read here.
     """
     try:
         yield
@@ -117,6 +120,7 @@ def input_errors(source: str = ""):
             raise
         raise InputDataError(message) from e
     except UnicodeDecodeError as e:
-        raise InputDataError(_unreadable(
-            source, "TensorFlow's message quotes undecodable bytes (a record that is not a "
-                    "tf.train.Example?)")) from e
+        text = e.object.decode("utf-8", "replace") if isinstance(e.object, bytes) else ""
+        if not _is_input_error(text):
+            raise
+        raise InputDataError(_unreadable(source, op_error_text(text))) from e
