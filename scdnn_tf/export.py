@@ -24,6 +24,9 @@ def define_flags():
     flags.DEFINE_integer("version", None, "Version directory (default: next integer).")
     cli.define_thresholds_flag()
     flags.DEFINE_integer("top_k", 5, "Classes in the top_* outputs.")
+    flags.DEFINE_enum("weights", "auto", ["auto", "raw", "ema"], "Runs with --ema_decay: "
+                      "export the raw or the averaged weights; auto = the better of the "
+                      "run's last evaluation (weights_choice.json; EMA without one).")
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_PIXELS, "Images with more pixels "
                          "(height * width) are refused with an error.")
     flags.mark_flags_as_required(["model_dir", "export_dir"])
@@ -32,7 +35,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    model, class_names, checkpoint = load_from_model_dir(FLAGS.model_dir)
+    model, class_names, checkpoint = load_from_model_dir(FLAGS.model_dir, FLAGS.weights)
     thresholds = read_thresholds(FLAGS.thresholds, class_names) if FLAGS.thresholds else None
     path = export_saved_model(model, class_names, FLAGS.export_dir, thresholds, FLAGS.top_k,
                               FLAGS.version, FLAGS.max_image_pixels)

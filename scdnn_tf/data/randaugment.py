@@ -35,6 +35,7 @@ import tensorflow as tf
 from scdnn_tf.data.augment import MIN_VISIBLE_FRACTION, crop_boxes
 
 FILL = 128
+INTERPOLATION = "BILINEAR"  # of the geometric ops (ImageProjectiveTransformV3)
 MAX_MAGNITUDE = 10.0
 PHOTOMETRIC = ("autocontrast", "equalize", "invert", "posterize", "solarize", "solarize_add",
                "color", "contrast", "brightness", "sharpness")
@@ -202,7 +203,7 @@ def transform_image(image, matrix, fill=FILL):
     params = tf.reshape(inverse / inverse[2, 2], [-1])[:8]
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[tf.newaxis], transforms=params[tf.newaxis],
-        output_shape=tf.shape(image)[:2], fill_value=float(fill), interpolation="BILINEAR",
+        output_shape=tf.shape(image)[:2], fill_value=float(fill), interpolation=INTERPOLATION,
         fill_mode="CONSTANT")
     return out[0]
 
