@@ -152,3 +152,18 @@ def test_scdnn_config_round_trip_and_every_branch_uses_the_loss():
                                rtol=1e-6)
     default = SCDNN(3, **kwargs)
     assert default.get_config()["label_loss"] == "bce"
+
+
+@pytest.mark.parametrize("kind", ["focal", "asl"])
+def test_train_step_finite_under_mixed_precision(kind):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = BaselineClassifier(3, image_size=32, label_loss=kind)
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        batch = {"image": tf.random.uniform([2, 32, 32, 3], 0, 255),
+                 "labels": tf.constant([[1.0, 0, 0], [0, 1, 1]]),
+                 "label_weights": tf.ones([2, 3])}
+        logs = model.train_on_batch(batch, return_dict=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(logs["loss"]) and logs["loss"] > 0

@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
 from scdnn_tf.data import augment as aug
+from scdnn_tf.data import image_ops as ops
 from scdnn_tf.data import randaugment as ra
 
 H, W = 60, 90
@@ -85,16 +86,16 @@ def test_photometric_ops_keep_boxes(op):
 
 
 @pytest.mark.parametrize("name,ours,pil,tol", [
-    ("autocontrast", ra.autocontrast, ImageOps.autocontrast, 1),
-    ("equalize", ra.equalize, ImageOps.equalize, 0),
-    ("posterize", lambda x: ra.posterize(x, 3), lambda p: ImageOps.posterize(p, 3), 0),
-    ("solarize", lambda x: ra.solarize(x, 100), lambda p: ImageOps.solarize(p, 100), 0),
-    ("color", lambda x: ra.color(x, 0.3), lambda p: ImageEnhance.Color(p).enhance(0.3), 1),
-    ("contrast", lambda x: ra.contrast(x, 1.6),
+    ("autocontrast", ops.autocontrast, ImageOps.autocontrast, 1),
+    ("equalize", ops.equalize, ImageOps.equalize, 0),
+    ("posterize", lambda x: ops.posterize(x, 3), lambda p: ImageOps.posterize(p, 3), 0),
+    ("solarize", lambda x: ops.solarize(x, 100), lambda p: ImageOps.solarize(p, 100), 0),
+    ("color", lambda x: ops.color(x, 0.3), lambda p: ImageEnhance.Color(p).enhance(0.3), 1),
+    ("contrast", lambda x: ops.contrast(x, 1.6),
      lambda p: ImageEnhance.Contrast(p).enhance(1.6), 2),
-    ("brightness", lambda x: ra.brightness(x, 1.4),
+    ("brightness", lambda x: ops.brightness(x, 1.4),
      lambda p: ImageEnhance.Brightness(p).enhance(1.4), 1),
-    ("sharpness", lambda x: ra.sharpness(x, 1.8),
+    ("sharpness", lambda x: ops.sharpness(x, 1.8),
      lambda p: ImageEnhance.Sharpness(p).enhance(1.8), 2),
 ])
 def test_photometric_ops_match_pil(name, ours, pil, tol):
@@ -188,3 +189,49 @@ def test_parse_randaugment(text, expected):
 def test_bad_settings_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _records(path, count=8):
+    from scdnn_tf.data import records  # noqa: PLC0415
+    corners = [[0.05, 0.05, 0.35, 0.35], [0.05, 0.65, 0.35, 0.95], [0.65, 0.05, 0.95, 0.35],
+               [0.65, 0.65, 0.95, 0.95]]
+    img = np.full((48, 64, 3), 90, np.uint8)
+    for (y0, x0, y1, x1), colour in zip(corners, [(255, 0, 0), (0, 255, 0), (0, 0, 255),
+                                                  (255, 255, 0)]):
+        img[round(y0 * 48):round(y1 * 48), round(x0 * 64):round(x1 * 64)] = colour
+    example = records.build_example(
+        encoded=tf.io.encode_png(img).numpy(), image_format="png", height=48, width=64,
+        filename="a.png", source_id="0", boxes=corners, classes=[0, 1, 2, 3],
+        class_texts=["0", "1", "2", "3"])
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for _ in range(count):
+            writer.write(example.SerializeToString())
+    return corners
+
+
+def test_make_dataset_with_randaugment_and_cutout(tmp_path):
+    from scdnn_tf.data.pipeline import make_dataset  # noqa: PLC0415
+    corners = np.array(_records(tmp_path / "a.tfrecord"))
+    flipped = corners[:, [0, 3, 2, 1]] * [1, -1, 1, -1] + [0, 1, 0, 1]
+
+    def batches():
+        ds = make_dataset(str(tmp_path / "a.tfrecord"), 4, 32, 8, training=True, seed=4,
+                          shuffle_buffer=8, scale_range=(1.0, 1.0), randaugment_spec=(3, 10),
+                          cutout=0.5)
+        return [{k: v.numpy() for k, v in b.items()} for b in ds.take(2)]
+
+    first, second = batches(), batches()
+    moved = 0
+    for a, b in zip(first, second):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])  # deterministic per seed
+        for labels, classes, boxes in zip(a["labels"], a["box_classes"], a["boxes"]):
+            expect = np.zeros(4)
+            expect[classes[classes >= 0]] = 1
+            np.testing.assert_array_equal(labels, expect)  # labels follow kept boxes
+            for c, box in zip(classes, boxes):
+                if c >= 0:
+                    assert 0 <= box.min() and box.max() <= 1
+                    moved += not (np.allclose(box, corners[c], atol=1e-5)
+                                  or np.allclose(box, flipped[c], atol=1e-5))
+    assert moved > 0  # geometric ops moved boxes beyond the flip
