@@ -68,6 +68,32 @@ def test_boxes_leaving_the_image_are_dropped_and_clipped_like_the_crop():
     assert moved.numpy().min() >= 0 and moved.numpy().max() <= 1
 
 
+def test_randaugment_warps_and_resizes_in_one_step_with_the_boxes():
+    """One op per image, the crop resized to 64 x 64 within the warp when it is geometric."""
+    img, box = _drawn(8, 30, 30, 62)
+    warped = 0
+    for s in range(40):
+        out, moved, keep = ra.randaugment(img, box, tf.constant([s, 9]), 1, 6, output_size=64)
+        assert out.shape == (64, 64, 3) and out.dtype == tf.float32
+        if np.array_equal(moved.numpy(), box) or not keep.numpy()[0]:
+            continue
+        warped += 1
+        pix, drawn = moved.numpy()[0] * 64, _extent(out.numpy())
+        assert (drawn[:2] >= pix[:2] - 1).all() and (drawn[2:] <= pix[2:] + 1).all(), s
+        np.testing.assert_allclose(drawn, pix, atol=2.0)
+    assert warped >= 5
+
+
+def test_composite_matrix_is_the_product_in_drawn_order():
+    indices = [tf.constant(ra.OPS.index("rotate")), tf.constant(ra.OPS.index("invert")),
+               tf.constant(ra.OPS.index("translate_x"))]
+    signs = [tf.constant(1.0), tf.constant(-1.0), tf.constant(-1.0)]
+    got = ra.composite_matrix(indices, signs, 5, 40, 60)
+    expected = (ra.geometric_matrix("translate_x", -0.225, 40, 60)
+                @ ra.geometric_matrix("rotate", 15.0, 40, 60))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
 def _photo(seed=0):
     rng = np.random.default_rng(seed)
     img = rng.integers(40, 200, (H, W, 3)).astype(np.uint8)

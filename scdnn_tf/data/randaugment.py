@@ -32,6 +32,7 @@ import math
 
 import tensorflow as tf
 
+from scdnn_tf.data import preprocess
 from scdnn_tf.data.augment import MIN_VISIBLE_FRACTION
 from scdnn_tf.data.image_ops import (FILL, affine_matrix, autocontrast, brightness, color,
                                      contrast, equalize, posterize, sharpness, solarize,
@@ -136,44 +137,85 @@ def apply_op(op: str, image, boxes, magnitude, sign, min_visible=MIN_VISIBLE_FRA
     return transform_image(image, matrix), moved, keep
 
 
-def randaugment(image, boxes, seed, num_ops, magnitude, geometric=True,
-                min_visible=MIN_VISIBLE_FRACTION):
-    """`num_ops` ops drawn uniformly from OPS, applied in turn at magnitude M.
+def draw_ops(seed, num_ops, geometric=True):
+    """The ops of one image: (indices [N] int32 into OPS, signs [N] float32 +-1).
 
-    Args:
-      image: [H, W, 3] with values in [0, 255] (computed in float32).
-      boxes: [N, 4] normalized yxyx.
-      seed: [2] stateless seed.
-      num_ops, magnitude: N and M (see `check_randaugment`).
-      geometric: scalar bool (Python or tensor); False turns a drawn geometric op into
-        the identity (for images whose labels are not all backed by boxes).
-      min_visible: the crop rule's visible fraction for moved boxes.
-
-    Returns:
-      (image float32 [H, W, 3], boxes [N, 4], keep [N] bool: False for dropped boxes).
+    `geometric` False (scalar bool) turns drawn geometric ops into `len(OPS)`: none.
     """
-    check_randaugment(num_ops, magnitude)
-    image = tf.cast(image, tf.float32)
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    keep = tf.ones(tf.shape(boxes)[:1], tf.bool)
-    geometric = tf.convert_to_tensor(geometric)
+    indices, signs = [], []
     op_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)) if num_ops else []
     for op_seed in op_seeds:
         index_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(op_seed, 2))
         index = tf.random.stateless_uniform([], index_seed, 0, len(OPS), tf.int32)
-        sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
+        allowed = tf.convert_to_tensor(geometric) | (index < len(PHOTOMETRIC))
+        indices.append(tf.where(allowed, index, len(OPS)))
+        signs.append(tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0))
+    return indices, signs
 
-        def branch(op, image=image, boxes=boxes, sign=sign):
-            def run():
-                return apply_op(op, image, boxes, magnitude, sign, min_visible)
-            if op in PHOTOMETRIC:
-                return run
-            identity = (image, boxes, tf.ones(tf.shape(boxes)[:1], tf.bool))
-            return lambda: tf.cond(geometric, run, lambda: identity)
 
-        image, boxes, kept = tf.switch_case(index, [branch(op) for op in OPS])
-        image = tf.ensure_shape(image, [None, None, 3])
-        keep = keep & kept
+def composite_matrix(indices, signs, magnitude, height, width):
+    """The product, in drawn order, of the drawn geometric ops' [3, 3] matrices."""
+    m = float(magnitude) / MAX_MAGNITUDE
+    matrix = tf.eye(3)
+    for index, sign in zip(indices, signs):
+        def branch(op, sign=sign):
+            if op not in GEOMETRIC:
+                return lambda: tf.eye(3)
+            return lambda: geometric_matrix(op, _geometric_strength(op, m, sign), height, width)
+        step = tf.switch_case(index, [branch(op) for op in OPS] + [lambda: tf.eye(3)])
+        matrix = tf.ensure_shape(step, [3, 3]) @ matrix
+    return matrix
+
+
+def randaugment(image, boxes, seed, num_ops, magnitude, geometric=True,
+                min_visible=MIN_VISIBLE_FRACTION, output_size=None):
+    """`num_ops` ops drawn uniformly from OPS at magnitude M.
+
+    The drawn geometric ops are composed into one warp, applied first (one resampling
+    instead of one per op); the boxes move by that composite map under the crop rule. The
+    photometric ops then follow in drawn order.
+
+    Args:
+      image: [H, W, 3] with values in [0, 255].
+      boxes: [N, 4] normalized yxyx.
+      seed: [2] stateless seed.
+      num_ops, magnitude: N and M (see `check_randaugment`).
+      geometric: scalar bool (Python or tensor); False turns drawn geometric ops into
+        no-ops (for images whose labels are not all backed by boxes).
+      min_visible: the crop rule's visible fraction for moved boxes.
+      output_size: None, or S to also resize the image to S x S: within the warp when a
+        geometric op is drawn, else by `preprocess.resize_image` (the ops are defined in
+        the S x S frame).
+
+    Returns:
+      (image float32 [H, W, 3] or [S, S, 3], boxes [N, 4], keep [N] bool: False for
+      dropped boxes).
+    """
+    check_randaugment(num_ops, magnitude)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    indices, signs = draw_ops(seed, num_ops, geometric)
+    out_hw = tf.shape(image)[:2] if output_size is None else tf.constant([output_size] * 2)
+    matrix = composite_matrix(indices, signs, magnitude, out_hw[0], out_hw[1])
+    warped = tf.reduce_any(tf.stack([(i >= len(PHOTOMETRIC)) & (i < len(OPS)) for i in indices]
+                                    or [tf.constant(False)]))
+    moved, keep = transform_boxes(boxes, matrix, out_hw[0], out_hw[1], min_visible)
+    boxes = tf.where(warped, moved, boxes)
+    keep = keep | ~warped
+
+    def plain():
+        if output_size is None:
+            return tf.cast(image, tf.float32)
+        return preprocess.resize_image(image, output_size)
+
+    image = tf.cond(warped, lambda: transform_image(image, matrix, output_size=output_size),
+                    plain)
+    m = float(magnitude) / MAX_MAGNITUDE
+    for index, sign in zip(indices, signs):
+        def branch(op, image=image, sign=sign):
+            if op in GEOMETRIC:  # applied above
+                return lambda: image
+            return lambda: _photometric(op, image, m, sign)
+        image = tf.switch_case(index, [branch(op) for op in OPS] + [lambda image=image: image])
     return image, boxes, keep
 
 
@@ -196,15 +238,18 @@ def cutout(image, fraction, seed, fill=FILL):
     centre = tf.cast(tf.random.stateless_uniform([2], seed) * tf.cast(hw, tf.float32),
                      tf.int32)
     lo, hi = tf.maximum(centre - half, 0), tf.minimum(centre + half, hw)
-    rows = tf.range(hw[0])[:, tf.newaxis]
-    cols = tf.range(hw[1])[tf.newaxis, :]
-    hole = (rows >= lo[0]) & (rows < hi[0]) & (cols >= lo[1]) & (cols < hi[1])
-    return tf.where(hole[..., tf.newaxis], tf.cast(fill, image.dtype), image)
+    rows = tf.cast((tf.range(hw[0]) >= lo[0]) & (tf.range(hw[0]) < hi[0]), image.dtype)
+    cols = tf.cast((tf.range(hw[1]) >= lo[1]) & (tf.range(hw[1]) < hi[1]), image.dtype)
+    hole = (rows[:, tf.newaxis] * cols[tf.newaxis, :])[..., tf.newaxis]  # [H, W, 1] 0/1
+    # A product rather than tf.where: the select kernel is several times slower here.
+    return image * (1 - hole) + tf.cast(fill, image.dtype) * hole
 
 
 def make_augmenter(randaugment_spec=None, cutout_fraction=0.0,
                    min_visible=MIN_VISIBLE_FRACTION):
-    """fn(image, boxes, seed, geometric) -> (image float32, boxes, keep), or None if off.
+    """fn(image, boxes, seed, geometric, output_size=None) -> (image float32, boxes, keep),
+    or None if both are off. With `output_size` S the image is also resized to S x S (see
+    `randaugment`).
 
     Args:
       randaugment_spec: None or (N, M).
@@ -218,13 +263,16 @@ def make_augmenter(randaugment_spec=None, cutout_fraction=0.0,
     if not num_ops and not cutout_fraction:
         return None
 
-    def augmenter(image, boxes, seed, geometric=True):
+    def augmenter(image, boxes, seed, geometric=True, output_size=None):
         ra_seed, cut_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         keep = tf.ones(tf.shape(boxes)[:1], tf.bool)
-        image = tf.cast(image, tf.float32)
         if num_ops:
             image, boxes, keep = randaugment(image, boxes, ra_seed, num_ops,
-                                             randaugment_spec[1], geometric, min_visible)
+                                             randaugment_spec[1], geometric, min_visible,
+                                             output_size)
+        elif output_size is not None:
+            image = preprocess.resize_image(image, output_size)
+        image = tf.cast(image, tf.float32)
         if cutout_fraction:
             image = cutout(image, cutout_fraction, cut_seed)
         return image, boxes, keep
