@@ -1,7 +1,8 @@
 """RandAugment and Cutout on the training image, with the boxes kept right.
 
-The pipeline applies them to the resized training image (float32, values 0..255: the
-decoded photo after crop, flip and resize), where each op costs the least pixels.
+The pipeline hands them the decoded, cropped and flipped uint8 image and lets them do its
+resize to S x S: the drawn geometric ops are composed into one warp that also resizes
+(one bilinear resampling), the other ops then run on the S x S float32 image (0..255).
 
 RandAugment (Cubuk et al. 2020) applies `num_ops` operations drawn uniformly from `OPS`,
 each at one strength set by the magnitude M in [0, 10] (m = M / 10):
@@ -13,7 +14,7 @@ each at one strength set by the magnitude M in [0, 10] (m = M / 10):
   kept), solarize (threshold 256 - 256m), solarize_add (+110m below 128), and the
   enhancements color, contrast, brightness, sharpness (factor 1 +- 0.9m), as in PIL.
 
-The sign of each signed strength is random. A geometric op maps the 4 corners of each
+The sign of each signed strength is random. A geometric map moves the 4 corners of each
 box, takes their enclosing axis-aligned box and then applies the random crop's rule
 (`augment.crop_boxes` with the whole image as window): a box keeps its place when at
 least `min_visible` of its area stays in the image and is clipped to it; otherwise its
