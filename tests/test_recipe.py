@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from scdnn_tf.core import restore
 from scdnn_tf.core.builders import build_model, build_schedule

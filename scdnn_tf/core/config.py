@@ -120,7 +120,8 @@ class TrainConfig:
     weight_decay: float = _field(1e-4, "Decoupled weight decay (biases and norm scales excluded).")
     global_clipnorm: float = _field(0.0, "Clip gradients to this global norm (0 = off).")
     ema_decay: float = _field(0.0, "Exponential moving average of the weights (0 = off); "
-                                   "evaluation uses the averaged weights.")
+                                   "evaluations score the raw and the averaged weights, "
+                                   "export takes the better.")
     mixed_precision: bool = _field(False, "mixed_float16 compute with dynamic loss scaling.")
     jit_compile: bool = _field(False, "XLA-compile the train step.")
     strategy: str = _field("mirrored", "tf.distribute strategy.", STRATEGIES)
