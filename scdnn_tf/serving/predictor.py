@@ -38,6 +38,10 @@ from scdnn_tf.utils.progress import Progress
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
+class UsageError(ValueError):
+    """The command line itself is wrong (not a file it names): the tool shows its usage."""
+
+
 class Predictor:
     """encoded image bytes [N] -> numpy outputs of the `serving_default` signature.
 
@@ -242,10 +246,10 @@ def run_prediction(paths: list[str], saved_model: str = "", model_dir: str = "",
         unwritable `draw_dir` (all checked before the model is loaded).
     """
     if bool(saved_model) == bool(model_dir):
-        raise ValueError("give exactly one of --saved_model and --model_dir")
+        raise UsageError("give exactly one of --saved_model and --model_dir")
     files = list_images(paths)
     if not files:
-        raise ValueError("no image files given (pass files or folders)")
+        raise UsageError("no image files given (pass files or folders)")
     if draw_dir:
         visualize.PatchImageWriter(draw_dir)  # fail now, not after loading the model and a first batch
     if saved_model:
