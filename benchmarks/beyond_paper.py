@@ -26,8 +26,8 @@ x100, mean over seeds (per seed in brackets).
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402

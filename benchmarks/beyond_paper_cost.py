@@ -1,7 +1,7 @@
 """The `cost` experiment of benchmarks/beyond_paper.py: parameters and train step time of
 each option vs the paper configuration, in one process.
 
-Each contender is the network `scdnn_tf.run_dir.build_model` makes from a TrainConfig
+Each contender is the network `scdnn_tf.core.builders.build_model` makes from a TrainConfig
 (the same flag -> model mapping as training), compiled with AdamW and stepped through
 Keras' `train_function` on a fixed synthetic batch (`benchmarks.train_step_lib`).
 Contenders alternate within each round (the order rotates by one per round); the
@@ -17,7 +17,7 @@ from absl import flags
 
 from benchmarks import train_step_lib as lib
 from benchmarks.beyond_paper_lib import DEMO_FLAGS
-from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags
+from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags
 
 # The sizes of the issue: the CPU demo, and resnet50 at 448 px (paper defaults, random init).
 SIZES = {"demo": ((f"--flagfile={DEMO_FLAGS}",), 8),
@@ -45,8 +45,8 @@ def build_contender(config: TrainConfig, num_classes: int):
     """The compiled network of `config` (variables built; AdamW, no XLA)."""
     import keras  # noqa: PLC0415 (TensorFlow loads only for this experiment)
 
-    from scdnn_tf import run_dir  # noqa: PLC0415
-    model = run_dir.build_model(config, num_classes, load_backbone_weights=False)
+    from scdnn_tf.core.builders import build_model  # noqa: PLC0415
+    model = build_model(config, num_classes, load_backbone_weights=False)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     return model
 

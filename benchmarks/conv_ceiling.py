@@ -32,7 +32,7 @@ import time
 
 from absl import app, flags
 
-import scdnn_tf.tf_start  # noqa: F401  (quiet TF start-up logs)
+import scdnn_tf.utils.tf_start  # noqa: F401  (quiet TF start-up logs)
 import tensorflow as tf
 
 from benchmarks import train_step_lib as lib

@@ -20,7 +20,7 @@ entries are counted skips (`coco_checks`); the same file under two ids is writte
 
 from __future__ import annotations
 
-from scdnn_tf import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
+from scdnn_tf.utils import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
 
 import collections
 import contextlib

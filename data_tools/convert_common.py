@@ -32,7 +32,7 @@ from scdnn_tf.data.tfrecord_writer import (
     ConversionSummary,
     ShardedWriter,
 )
-from scdnn_tf.progress import Progress
+from scdnn_tf.utils.progress import Progress
 
 # Box skip reasons.
 BOX_EMPTY = "box with zero or negative area"
@@ -245,7 +245,7 @@ def write_label_map_beside(output_prefix: str, names: list[str],
 
 
 def run_main(convert_fn, *args, **kwargs) -> None:
-    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.cli`)."""
+    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.utils.cli`)."""
     print(convert_fn(*args, **kwargs).report())
 
 

@@ -10,8 +10,8 @@ weights file (scdnn_tf/modeling/weights_by_name.py) holding the backbone and the
 The conversion itself (key mapping, checks) is `scdnn_tf.modeling.timm_weights`.
 """
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import flags  # noqa: E402
 

@@ -12,8 +12,8 @@ used if present, else the class texts stored in the records.
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 import collections
 import io

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from data_tools import convert_common, image_checks
-from scdnn_tf import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
+from scdnn_tf.utils import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
 from scdnn_tf.data.tfrecord_writer import ConversionSummary
 
 FLAGS = flags.FLAGS

@@ -17,7 +17,7 @@ data.yaml).
 
 from __future__ import annotations
 
-from scdnn_tf import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
+from scdnn_tf.utils import cli  # noqa: I001  (imports no TensorFlow: a conversion never needs it)
 
 import os
 

@@ -3,18 +3,18 @@
 Loads the newest intact checkpoint of a training model_dir (the network is rebuilt from its
 `config.json`, EMA weights swapped in), scores `--eval_pattern`, prints the metrics and a
 per-class AP table, writes `metrics.json` into model_dir and, with `--thresholds_out=FILE`,
-per-class F1-best thresholds. The work is `scdnn_tf.evaluation.run_evaluation`.
+per-class F1-best thresholds. The work is `scdnn_tf.evaluation.evaluator.run_evaluation`.
 """
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from scdnn_tf.evaluation import EVAL_OVERRIDES, run_evaluation  # noqa: E402
-from scdnn_tf.train_config import config_from_flags, define_flags  # noqa: E402
+from scdnn_tf.evaluation.evaluator import EVAL_OVERRIDES, run_evaluation  # noqa: E402
+from scdnn_tf.core.config import config_from_flags, define_flags  # noqa: E402
 
 
 def main(argv):

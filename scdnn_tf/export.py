@@ -1,17 +1,17 @@
 """Export CLI: `python -m scdnn_tf.export --model_dir=RUN --export_dir=DIR`.
 
-Writes `DIR/<version>/`, a SavedModel for TF Serving (see `scdnn_tf.serving_export`).
+Writes `DIR/<version>/`, a SavedModel for TF Serving (see `scdnn_tf.serving.exporter`).
 """
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from scdnn_tf.serving import DEFAULT_MAX_PIXELS  # noqa: E402
-from scdnn_tf.serving_export import (  # noqa: E402
+from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS  # noqa: E402
+from scdnn_tf.serving.exporter import (  # noqa: E402
     export_saved_model, load_from_model_dir, read_thresholds)
 
 FLAGS = flags.FLAGS

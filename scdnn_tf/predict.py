@@ -3,17 +3,17 @@
 Prints one line per image with the labels at or above their threshold, best first
 (`photo.jpg: person 0.999, car 0.989, backpack 0.604`); `--json` prints one JSON object per
 line; `--draw=OUTDIR` writes each image with its patches drawn. Exit status 1 when any file
-failed (the summary counts them). The work is `scdnn_tf.prediction.run_prediction`.
+failed (the summary counts them). The work is `scdnn_tf.serving.predictor.run_prediction`.
 """
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from scdnn_tf.prediction import run_prediction  # noqa: E402
+from scdnn_tf.serving.predictor import run_prediction  # noqa: E402
 
 FLAGS = flags.FLAGS
 

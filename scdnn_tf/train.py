@@ -1,22 +1,22 @@
 """Training CLI: `python -m scdnn_tf.train --flagfile=configs/demo.flags [--flag=value ...]`.
 
-Every flag mirrors a `TrainConfig` field (see `scdnn_tf/train_config.py` or `--helpfull`);
-the work is done by `scdnn_tf.training.run_training`. Rerunning with the same
+Every flag mirrors a `TrainConfig` field (see `scdnn_tf/core/config.py` or `--helpfull`);
+the work is done by `scdnn_tf.engine.trainer.run_training`. Rerunning with the same
 `--model_dir` resumes from its newest intact checkpoint. Exit status: 0 done, 2 a user
 error (one line on stderr), 143 / 130 stopped by SIGTERM / SIGINT after checkpointing.
 """
 
 from __future__ import annotations
 
-from scdnn_tf import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
-from scdnn_tf import cli  # noqa: E402
+from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
+from scdnn_tf.utils import cli  # noqa: E402
 
 import json  # noqa: E402
 
 from absl import app, logging  # noqa: E402
 
-from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags  # noqa: E402
-from scdnn_tf.training import metrics_summary, run_training  # noqa: E402
+from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags  # noqa: E402
+from scdnn_tf.engine.trainer import metrics_summary, run_training  # noqa: E402
 
 
 def main(argv):

@@ -13,8 +13,8 @@ from PIL import Image
 from scdnn_tf.data.label_map import write_label_map
 from scdnn_tf.data.records import build_example
 from scdnn_tf.modeling.weights_by_name import layers_with_variables
-from scdnn_tf.run_dir import make_strategy
-from scdnn_tf.train_config import TrainConfig
+from scdnn_tf.core.strategy import make_strategy
+from scdnn_tf.core.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""The import graph: the library never imports the tools, and no module imports in a circle."""
+"""The import graph: the library never imports the tools, no module imports in a circle,
+and imports run one way through the package's layers."""
 
 import ast
 import os
@@ -69,7 +70,59 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+COMMANDS = ("scdnn_tf.train", "scdnn_tf.evaluate", "scdnn_tf.export", "scdnn_tf.predict")
+# Which subpackages each subpackage may import (besides itself). Commands sit on top;
+# `utils` (CLI errors, quiet TF start, progress, drawing) is importable from everywhere.
+ALLOWED = {
+    "utils": set(),
+    "data": {"utils"},
+    "modeling": {"data", "utils"},
+    "core": {"modeling", "data", "utils"},
+    "evaluation": {"core", "modeling", "data", "utils"},
+    "serving": {"evaluation", "core", "modeling", "data", "utils"},
+    "engine": {"evaluation", "core", "modeling", "data", "utils"},
+    "configs": set(),
+}
+
+
+def test_the_package_root_holds_only_the_commands():
+    root = os.path.join(REPO_ROOT, "scdnn_tf")
+    modules = sorted(n[:-3] for n in os.listdir(root) if n.endswith(".py"))
+    assert modules == ["__init__", "evaluate", "export", "predict", "train"]
+    subpackages = {n for n in os.listdir(root)
+                   if os.path.isfile(os.path.join(root, n, "__init__.py"))}
+    assert subpackages == set(ALLOWED)
+
+
+def test_imports_run_one_way():
+    graph = import_graph()
+    offenders = []
+    for module, deps in graph.items():
+        if not module.startswith("scdnn_tf."):
+            continue
+        for dep in deps:
+            if dep in COMMANDS and module != dep:
+                offenders.append((module, dep))  # nothing imports a command
+                continue
+            if module in COMMANDS or dep == "scdnn_tf":
+                continue
+            source, target = module.split(".")[1], dep.split(".")[1]
+            if target != source and target not in ALLOWED[source]:
+                offenders.append((module, dep))
+    assert not offenders, offenders
+
+
+def test_commands_import_only_subpackages():
+    graph = import_graph()
+    for command in COMMANDS:
+        assert graph[command], command
+        assert all(d.startswith("scdnn_tf.") and d.count(".") >= 2 for d in graph[command]), (
+            command, graph[command])
+
+
 def test_the_graph_sees_imports():  # the checks above are only as good as the parser
     graph = import_graph()
-    assert "scdnn_tf.run_dir" in graph["scdnn_tf.training"]
+    assert "scdnn_tf.core.restore" in graph["scdnn_tf.engine.trainer"]
+    assert "scdnn_tf.evaluation.evaluator" in graph["scdnn_tf.engine.trainer"]
+    assert "scdnn_tf.utils.cli" in graph["scdnn_tf.train"]
     assert "scdnn_tf.data.shapes" in graph["data_tools.make_shapes"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scdnn_tf import callbacks as cb
-from scdnn_tf.metrics import multilabel_metrics
+from scdnn_tf.engine import callbacks as cb
+from scdnn_tf.evaluation.metrics import multilabel_metrics
 
 
 class _Tiny(keras.Model):

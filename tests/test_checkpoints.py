@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scdnn_tf import checkpoints, preemption, run_lock
+from scdnn_tf.core import checkpoints
+
+from scdnn_tf.engine import preemption
+
+from scdnn_tf.engine import run_lock
 
 
 def _model(frozen=(), loss_scale=False, ema=False):

@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags
+from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scdnn_tf import evaluation as evaluate
+from scdnn_tf.evaluation import evaluator as evaluate
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.run_dir import make_strategy
-from scdnn_tf.training import run_training
+from scdnn_tf.core.strategy import make_strategy
+from scdnn_tf.engine.trainer import run_training
 from helpers import CLASSES, tiny_config, write_tiny_dataset
 
 

@@ -16,11 +16,11 @@ from PIL import Image
 
 from scdnn_tf.data.preprocess import decode_image, resize_image
 from scdnn_tf.data.records import build_example
-from scdnn_tf.serving_export import export_saved_model, next_version, read_thresholds
+from scdnn_tf.serving.exporter import export_saved_model, next_version, read_thresholds
 from scdnn_tf.modeling.scdnn import SCDNN
-from scdnn_tf.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
-from scdnn_tf.serving import postprocess
-from scdnn_tf.thresholds import logit_threshold
+from scdnn_tf.data.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
+from scdnn_tf.serving.signatures import postprocess
+from scdnn_tf.evaluation.thresholds import logit_threshold
 
 NAMES = ["person", "car", "traffic light", "dog", "racket"]
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5]

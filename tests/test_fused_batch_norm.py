@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import scdnn_tf.tf_start  # noqa: F401
+import scdnn_tf.utils.tf_start  # noqa: F401
 import keras
 import tensorflow as tf
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from scdnn_tf.train_config import TrainConfig
+from scdnn_tf.core.config import TrainConfig
 from scdnn_tf.modeling import hub_weights
 from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.timm_weights import convert_checkpoint

@@ -1,11 +1,11 @@
-"""Tests for scdnn_tf.metrics: sklearn parity for AP, a hand-computed P/R/F1 example,
+"""Tests for scdnn_tf.evaluation.metrics: sklearn parity for AP, a hand-computed P/R/F1 example,
 best thresholds against a brute-force scan, the streaming accumulator, bad input."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from scdnn_tf import metrics as M
+from scdnn_tf.evaluation import metrics as M
 
 # Hand example: 4 images x 4 classes, threshold 0.5 (predict when score >= 0.5).
 Y = np.array([[1, 0, 1, 0],
@@ -223,7 +223,7 @@ def _exact_sigmoid_at_least(x, t):
 
 @pytest.mark.parametrize("t", [0.5, 0.3, 0.7, 0.9, 0.999, 1e-12, 1 - 1e-12, 0.123456789])
 def test_logit_threshold_is_the_exact_cut(t):
-    from scdnn_tf.thresholds import logit_threshold
+    from scdnn_tf.evaluation.thresholds import logit_threshold
 
     cut = float(logit_threshold(t))
     below = np.nextafter(cut, -np.inf)

@@ -55,9 +55,9 @@ def _model():
     model = CountingSCDNN(CLASSES, backbone="small", image_size=SIZE, fpn_channels=16,
                           fc_units=32, anchor_sizes=(16, 32, 64, 128), num_patches=4,
                           num_train_patches=8, pre_nms_topk=50)
-    model(tf.zeros([1, SIZE, SIZE, 3]))  # variables, as `run_dir.build_model` does
+    model(tf.zeros([1, SIZE, SIZE, 3]))  # variables, as `core.builders.build_model` does
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    # As `run_dir.build_and_restore` does: slots created before the first step. Otherwise
+    # As `core.restore.build_and_restore` does: slots created before the first step. Otherwise
     # tf.function traces the first step twice (variables created while tracing), once only.
     model.optimizer.build(model.trainable_variables)
     return model

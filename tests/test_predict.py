@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scdnn_tf.serving_export import export_saved_model
+from scdnn_tf.serving.exporter import export_saved_model
 from scdnn_tf.modeling.scdnn import SCDNN
 from scdnn_tf.data.preprocess import decode_image
 from scdnn_tf.data.orientation import exif_orientation
-from scdnn_tf.prediction import (Predictor, Result, list_images, make_result, predict_files,
+from scdnn_tf.serving.predictor import (Predictor, Result, list_images, make_result, predict_files,
                                  run_prediction)
 
 NAMES = ["person", "car", "backpack"]
@@ -131,17 +131,17 @@ def test_json_output_and_keras_predictor_agree(models, folder):
 @pytest.mark.slow
 def test_export_cli_from_model_dir_then_predict_cli(folder, tmp_path):
     """model_dir (training's own config/checkpoint code) -> export CLI -> predict CLI."""
-    from scdnn_tf import run_dir
+    from scdnn_tf.core import restore
     from scdnn_tf.data.label_map import write_label_map
-    from scdnn_tf.train_config import TrainConfig
+    from scdnn_tf.core.config import TrainConfig
 
     model_dir = str(tmp_path / "run")
     config = TrainConfig(model_dir=model_dir, image_size=64, fpn_channels=16, fc_units=32,
                          anchor_sizes=(8.0, 16.0, 32.0, 64.0), num_patches=6,
                          strategy="one_device")
     config.write(model_dir)
-    write_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME), NAMES)
-    model, manager, _ = run_dir.build_and_restore(config, len(NAMES), tf.distribute.get_strategy())
+    write_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME), NAMES)
+    model, manager, _ = restore.build_and_restore(config, len(NAMES), tf.distribute.get_strategy())
     manager.save()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     export_dir = str(tmp_path / "served")

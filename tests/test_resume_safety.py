@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scdnn_tf import checkpoints, run_lock
+from scdnn_tf.core import checkpoints
+
+from scdnn_tf.engine import run_lock
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.training import run_training
+from scdnn_tf.engine.trainer import run_training
 
 from helpers import tiny_config, write_tiny_dataset
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scdnn_tf.serving_export import export_saved_model
+from scdnn_tf.serving.exporter import export_saved_model
 from scdnn_tf.modeling.scdnn import SCDNN
 from serving_client import (handle_predict_request, handle_rest_request,
                                        outputs_to_rest_response, rest_request_to_inputs)

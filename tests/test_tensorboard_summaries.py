@@ -10,11 +10,11 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.pr_curve import metadata as pr_metadata
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from scdnn_tf import callbacks as cb
-from scdnn_tf import tensorboard_summaries as tbs
-from scdnn_tf.train_config import TrainConfig
-from scdnn_tf.metrics import multilabel_metrics
-from scdnn_tf.training import run_training
+from scdnn_tf.engine import callbacks as cb
+from scdnn_tf.engine import summaries as tbs
+from scdnn_tf.core.config import TrainConfig
+from scdnn_tf.evaluation.metrics import multilabel_metrics
+from scdnn_tf.engine.trainer import run_training
 from helpers import CLASSES, tiny_config, write_tiny_dataset
 
 # 5 images, 2 classes; thresholds 0, .25, .5, .75, 1 (num_thresholds=5).

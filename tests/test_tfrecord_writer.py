@@ -12,7 +12,7 @@ import tensorflow as tf
 from data_tools.parallel import ordered_map
 from scdnn_tf.data.tfrecord_writer import (ConversionError, ConversionSummary, ShardedWriter,
                                            shard_paths)
-from scdnn_tf.progress import Progress
+from scdnn_tf.utils.progress import Progress
 from scdnn_tf.data import records
 
 from helpers import REPO_ROOT, child_env

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from scdnn_tf.train_config import TrainConfig, config_from_flags, define_flags
-from scdnn_tf.training import run_training
+from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags
+from scdnn_tf.engine.trainer import run_training
 
 from helpers import CLASSES, read_events, tiny_config, write_tiny_dataset
 

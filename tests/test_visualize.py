@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scdnn_tf import visualize as vis
+from scdnn_tf.evaluation import visualize as vis
 
 
 def _grey(size=32):

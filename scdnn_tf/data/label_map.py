@@ -32,3 +32,18 @@ def read_label_map(path: str) -> list[str]:
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"label map {path}: duplicate class names {dup}")
     return names
+
+
+def read_class_id_map(path: str) -> dict[int, int] | None:
+    """File of source class ids, one per line in label map order -> {source id: index}."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    try:
+        ids = [int(v) for v in lines]
+    except ValueError as e:
+        raise ValueError(f"--class_id_map={path!r}: every line must be an integer id ({e})") from e
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--class_id_map={path!r} repeats ids")
+    return {source: index for index, source in enumerate(ids)}

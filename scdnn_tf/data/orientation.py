@@ -52,8 +52,7 @@ def upright(encoded: bytes) -> bytes:
     if orientation == 1:
         return encoded
     from scdnn_tf.data.preprocess import decode_image  # noqa: PLC0415
-    from scdnn_tf.image_headers import header_pixels  # noqa: PLC0415
-    from scdnn_tf.serving import DEFAULT_MAX_PIXELS  # noqa: PLC0415
+    from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS, header_pixels  # noqa: PLC0415
 
     try:
         if not 0 <= int(header_pixels(encoded)) <= DEFAULT_MAX_PIXELS:

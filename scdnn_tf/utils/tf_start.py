@@ -4,6 +4,6 @@ Importing it imports TensorFlow with its C++ start-up notes filtered out of stde
 (`cli.import_tensorflow_quietly`), before any module that imports TensorFlow itself.
 """
 
-from scdnn_tf.cli import import_tensorflow_quietly
+from scdnn_tf.utils.cli import import_tensorflow_quietly
 
 import_tensorflow_quietly()

@@ -31,9 +31,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from scdnn_tf import visualize
+from scdnn_tf.evaluation import visualize
 from scdnn_tf.data.orientation import upright
-from scdnn_tf.progress import Progress
+from scdnn_tf.utils.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
@@ -67,7 +67,7 @@ class Predictor:
     @classmethod
     def from_model(cls, model, class_names, thresholds=None, top_k: int = 5) -> "Predictor":
         """A Keras model, through the exported signatures' own code (`ServingModule`)."""
-        from scdnn_tf.serving import ServingModule  # noqa: PLC0415
+        from scdnn_tf.serving.signatures import ServingModule  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:  # the name table reads it at creation
             module = ServingModule(model, class_names, thresholds, top_k, label_map_dir=tmp)
@@ -77,7 +77,7 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, model_dir: str, thresholds_path: str = "") -> "Predictor":
         """The latest checkpoint of a training model_dir (EMA weights if used)."""
-        from scdnn_tf.serving_export import load_from_model_dir, read_thresholds  # noqa: PLC0415
+        from scdnn_tf.serving.exporter import load_from_model_dir, read_thresholds  # noqa: PLC0415
 
         model, names, _ = load_from_model_dir(model_dir)
         thresholds = read_thresholds(thresholds_path, names) if thresholds_path else None
@@ -251,7 +251,7 @@ def run_prediction(paths: list[str], saved_model: str = "", model_dir: str = "",
     if saved_model:
         predictor = Predictor.from_saved_model(saved_model)
         if thresholds:
-            from scdnn_tf.serving_export import read_thresholds  # noqa: PLC0415
+            from scdnn_tf.serving.exporter import read_thresholds  # noqa: PLC0415
             predictor.thresholds = read_thresholds(thresholds, predictor.class_names)
     else:
         predictor = Predictor.from_model_dir(model_dir, thresholds)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from scdnn_tf import tensorboard_summaries
+from scdnn_tf.engine import summaries
 
 
 def global_step(model: keras.Model) -> int:
@@ -231,7 +231,7 @@ def write_eval_summaries(writer, step: int, metrics: dict, class_names, images=N
         if images is not None and len(images):
             tf.summary.image("patches", images, max_outputs=len(images))
         if predictions is not None:
-            tensorboard_summaries.write_pr_curves(
+            summaries.write_pr_curves(
                 step, predictions["labels"], predictions["scores"], class_names,
                 predictions["label_weights"])
     writer.flush()

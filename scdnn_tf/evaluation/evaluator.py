@@ -20,12 +20,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from scdnn_tf import metrics as metrics_lib
-from scdnn_tf import run_dir
+from scdnn_tf.evaluation import metrics as metrics_lib
+from scdnn_tf.core import restore
+from scdnn_tf.core.strategy import make_strategy
 from scdnn_tf.data.label_map import read_label_map
-from scdnn_tf.data.pipeline import count_records
-from scdnn_tf.progress import Progress
-from scdnn_tf.train_config import TrainConfig
+from scdnn_tf.data.label_map import read_class_id_map
+from scdnn_tf.data.pipeline import count_records, make_dataset
+from scdnn_tf.utils.progress import Progress
+from scdnn_tf.core.config import TrainConfig
 
 _OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores", "patch_context_scale")
 # Flags that may differ between training and evaluation; everything else comes from the
@@ -192,11 +194,11 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
         setattr(config, key, value)
     if not config.eval_pattern:
         raise ValueError("--eval_pattern is required (and config.json has none)")
-    class_names = read_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME))
-    strategy = run_dir.make_strategy(config.strategy)
-    model, _, checkpoint_path = run_dir.restore_for_inference(config, len(class_names), strategy)
+    class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
+    strategy = make_strategy(config.strategy)
+    model, _, checkpoint_path = restore.restore_for_inference(config, len(class_names), strategy)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
-    dataset = run_dir.make_eval_dataset(config, len(class_names), class_names)
+    dataset = make_eval_dataset(config, len(class_names), class_names)
     with Progress(count_records(config.eval_pattern), "evaluating", unit="images") as bar:
         predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(
             dataset, progress=bar)
@@ -211,3 +213,14 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
         write_thresholds(thresholds_out, predictions, class_names)
         logging.info("per-class thresholds written to %s", thresholds_out)
     return metrics
+
+
+def make_eval_dataset(config: TrainConfig, num_classes: int,
+                      class_names: list[str] | None = None) -> tf.data.Dataset:
+    """Finite, deterministic, unaugmented validation batches of `global_batch_size`.
+
+    With `class_names`, each record's stored class names are checked against them."""
+    return make_dataset(config.eval_pattern, num_classes, config.image_size,
+                        config.global_batch_size, training=False, max_boxes=config.max_boxes,
+                        class_id_map=read_class_id_map(config.class_id_map),
+                        class_names=class_names)

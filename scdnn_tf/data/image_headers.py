@@ -14,6 +14,9 @@ import tensorflow as tf
 _HEAD = 32  # header bytes read: enough for every format's size fields
 # header_pixels codes (besides a pixel count >= 0).
 NOT_AN_IMAGE, NO_SIZE = -2, -1
+# Default limit of decoded pixels (serving, predict): 50 megapixels; a 24 MP phone photo
+# passes, a 12000x12000 (144 MP) image is refused.
+DEFAULT_MAX_PIXELS = 50_000_000
 _MAX_SIDE = 1 << 31  # sides are clamped here before multiplying: no int64 overflow
 _HOPS = 32  # GIF sub-blocks skipped per loop iteration
 

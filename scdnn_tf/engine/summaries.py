@@ -22,7 +22,7 @@ from absl import logging
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import metadata as pr_metadata
 
-from scdnn_tf.train_config import parse_profile_steps
+from scdnn_tf.core.config import parse_profile_steps
 
 NUM_THRESHOLDS = 101
 # TrainConfig fields that are file locations or bookkeeping, not choices to compare.

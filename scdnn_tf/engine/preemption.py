@@ -19,10 +19,12 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from scdnn_tf.utils.cli import GracefulStop
+
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
-class Preempted(Exception):
+class Preempted(GracefulStop):
     """Training stopped on a signal after checkpointing `step`."""
 
     def __init__(self, step: int, signum: int, checkpoint: str | None):

@@ -16,10 +16,12 @@ import socket
 
 from absl import logging
 
+from scdnn_tf.utils.cli import UserError
+
 LOCK_NAME = "train.lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError):
     """model_dir is in use by another training process."""
 
 

@@ -2,13 +2,13 @@
 
 `export_saved_model` writes `DIR/<version>/`, a SavedModel (TF Serving's layout: a new integer version
 directory per export) made with `keras.export.ExportArchive`. Decoding, resizing and
-normalization all happen inside it (see `scdnn_tf/serving.py` for the signatures), so a
+normalization all happen inside it (see `scdnn_tf/serving/signatures.py` for the signatures), so a
 client sends raw JPEG/PNG bytes. The class names travel with the model twice: as the
 asset `assets/label_map.txt` (read by the graph's name table) and through the
 `class_names` signature.
 
 The model is rebuilt from the model_dir's `config.json` and its latest checkpoint by
-`run_dir.restore_for_inference`, which swaps in the EMA weights when the run used them.
+`core.restore.restore_for_inference`, which swaps in the EMA weights when the run used them.
 The command line front end is `scdnn_tf/export.py`.
 """
 
@@ -25,7 +25,8 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.data.label_map import read_label_map
-from scdnn_tf.serving import DEFAULT_MAX_PIXELS, SIGNATURE_NAMES, ServingModule
+from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS
+from scdnn_tf.serving.signatures import SIGNATURE_NAMES, ServingModule
 
 def next_version(export_dir: str) -> int:
     """1 + the largest integer-named subdirectory of `export_dir` (1 when there is none)."""
@@ -128,13 +129,13 @@ def load_from_model_dir(model_dir: str):
     Returns:
       (model, class_names, checkpoint path).
     """
-    from scdnn_tf import run_dir  # noqa: PLC0415 (heavy; only the CLIs need it)
-    from scdnn_tf.train_config import TrainConfig  # noqa: PLC0415
+    from scdnn_tf.core import restore  # noqa: PLC0415 (heavy; only the CLIs need it)
+    from scdnn_tf.core.config import TrainConfig  # noqa: PLC0415
 
     config = TrainConfig.read(model_dir)
     config.model_dir = model_dir  # the directory may have moved since training
-    class_names = read_label_map(os.path.join(model_dir, run_dir.LABEL_MAP_NAME))
+    class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
     # The default strategy: plain variables, which ExportArchive can save.
-    model, _, checkpoint = run_dir.restore_for_inference(config, len(class_names),
+    model, _, checkpoint = restore.restore_for_inference(config, len(class_names),
                                                           tf.distribute.get_strategy())
     return model, class_names, checkpoint

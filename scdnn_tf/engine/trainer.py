@@ -6,7 +6,7 @@ batching `global_batch_size / num_replicas` images (and, under multi_worker_mirr
 reading its own shards), so one step always consumes `global_batch_size` images (the
 function form is used for its per-worker file sharding).
 
-Steps: `train_loop.train_loop` runs the model's `train_step` in chunks of `eval_every`
+Steps: `loop.train_loop` runs the model's `train_step` in chunks of `eval_every`
 batches until `StopAtStep` ends it at `train_steps` (batches the mixed-precision loss
 scale skips do not count as steps). Checkpoints, evaluations, logs and the stop are keyed
 on the optimizer's global step (see callbacks.py), so a run resumed mid-chunk stops exactly
@@ -40,18 +40,24 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from scdnn_tf import callbacks as callbacks_lib
-from scdnn_tf import evaluation, preemption, run_dir, run_lock, tensorboard_summaries, train_loop
-from scdnn_tf import visualize
+from scdnn_tf.engine import callbacks as callbacks_lib
+from scdnn_tf.core import restore
+from scdnn_tf.core.strategy import make_strategy, worker_write_dir
+from scdnn_tf.evaluation import evaluator
+from scdnn_tf.engine import preemption
+from scdnn_tf.engine import run_lock
+from scdnn_tf.engine import summaries
+from scdnn_tf.engine import loop
+from scdnn_tf.evaluation import visualize
 from scdnn_tf.data import record_checks, shapes
-from scdnn_tf.data.label_map import read_label_map, write_label_map
+from scdnn_tf.data.label_map import read_class_id_map, read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
-from scdnn_tf.train_config import ARCHITECTURE_FIELDS, TrainConfig
+from scdnn_tf.core.config import ARCHITECTURE_FIELDS, TrainConfig
 
 
 def _train_dataset(config, class_names, strategy, seed, truncation=None):
     num_classes = len(class_names)
-    class_id_map = run_dir.read_class_id_map(config.class_id_map)
+    class_id_map = read_class_id_map(config.class_id_map)
 
     def dataset_fn(context: tf.distribute.InputContext):
         return make_dataset(config.train_pattern, num_classes, config.image_size,
@@ -72,7 +78,7 @@ def prepare_inputs(config: TrainConfig) -> list[str]:
         shapes.ensure_shapes_dataset(config.demo_data_dir)
     config.validate()
     class_names = read_label_map(config.label_map)
-    id_map = run_dir.read_class_id_map(config.class_id_map)
+    id_map = read_class_id_map(config.class_id_map)
     if id_map is not None and len(id_map) != len(class_names):
         raise ValueError(f"--class_id_map={config.class_id_map!r} has {len(id_map)} ids but "
                          f"--label_map={config.label_map!r} has {len(class_names)} classes")
@@ -85,20 +91,20 @@ def check_and_write_run_files(config: TrainConfig, class_names: list[str]) -> No
     if os.path.isfile(os.path.join(config.model_dir, "config.json")):
         previous = TrainConfig.read(config.model_dir)
         _refuse_changes(previous, config, ARCHITECTURE_FIELDS, "use a new model_dir")
-        _refuse_changes(previous, config, run_dir.RESUME_FIXED_FIELDS,
+        _refuse_changes(previous, config, restore.RESUME_FIXED_FIELDS,
                         "its optimizer state cannot carry over; keep the flag or use a new "
                         "model_dir")
-        for name in run_dir.RESUME_CHANGEABLE_FIELDS:
+        for name in restore.RESUME_CHANGEABLE_FIELDS:
             if getattr(previous, name) != getattr(config, name):
                 logging.info("--%s changes from %r to %r on resume: the weights and the "
                              "optimizer state are restored by variable name", name,
                              getattr(previous, name), getattr(config, name))
-        previous_names = read_label_map(os.path.join(config.model_dir, run_dir.LABEL_MAP_NAME))
+        previous_names = read_label_map(os.path.join(config.model_dir, restore.LABEL_MAP_NAME))
         if previous_names != class_names:
             raise ValueError(f"--label_map={config.label_map!r} differs from the label map of "
                              f"the run in --model_dir={config.model_dir!r}")
     config.write(config.model_dir)
-    write_label_map(os.path.join(config.model_dir, run_dir.LABEL_MAP_NAME), class_names)
+    write_label_map(os.path.join(config.model_dir, restore.LABEL_MAP_NAME), class_names)
 
 
 def _refuse_changes(previous: TrainConfig, config: TrainConfig, names, advice: str) -> None:
@@ -117,13 +123,13 @@ def _context_classes() -> tuple[str, ...]:
 
 def make_evaluate_fn(config, model, strategy, class_names, writer):
     """fn(step) -> metrics: scores the validation set, writes eval summaries, logs a line."""
-    dataset = run_dir.make_eval_dataset(config, len(class_names), class_names)
+    dataset = evaluator.make_eval_dataset(config, len(class_names), class_names)
     context_classes = _context_classes()
-    predictor = evaluation.Predictor(model, strategy, config.global_batch_size)
+    predictor = evaluator.Predictor(model, strategy, config.global_batch_size)
 
     def evaluate_fn(step: int) -> dict:
         predictions = predictor.predict_dataset(dataset)
-        metrics = evaluation.compute_metrics(predictions, config.eval_threshold)
+        metrics = evaluator.compute_metrics(predictions, config.eval_threshold)
         drawn = None
         if config.num_eval_images:
             samples = predictor.sample_outputs(dataset, config.num_eval_images)
@@ -150,8 +156,8 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
     Raises:
       ValueError: an invalid flag (named). FloatingPointError: a NaN/inf loss (step named).
     """
-    strategy = run_dir.make_strategy(config.strategy)
-    write_dir = run_dir.worker_write_dir(strategy, config.model_dir)
+    strategy = make_strategy(config.strategy)
+    write_dir = worker_write_dir(strategy, config.model_dir)
     chief = write_dir == config.model_dir
     replicas = strategy.num_replicas_in_sync
     if config.global_batch_size % replicas:
@@ -170,14 +176,14 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
 
 def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     replicas = strategy.num_replicas_in_sync
-    model, manager, restored = run_dir.build_and_restore(config, len(class_names), strategy,
+    model, manager, restored = restore.build_and_restore(config, len(class_names), strategy,
                                                  save_dir=write_dir)
     step = callbacks_lib.global_step(model)
     logging.info("%s: %d replicas, %s params, starting at step %d of %d", config.model, replicas,
                  f"{model.count_params():,}", step, config.train_steps)
     train_writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(write_dir, "eval"))
-    tensorboard_summaries.write_hparams(write_dir, config)
+    summaries.write_hparams(write_dir, config)
     evaluate_fn = (make_evaluate_fn(config, model, strategy, class_names, eval_writer)
                    if config.eval_pattern else None)
     if step >= config.train_steps:
@@ -205,12 +211,12 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
                  callbacks_lib.StopAtStep(config.train_steps)]
     if evaluation is not None:
         callbacks.append(evaluation)
-    callbacks.extend(tensorboard_summaries.profiler_callbacks(config, write_dir))
+    callbacks.extend(summaries.profiler_callbacks(config, write_dir))
     callbacks.extend(extra_callbacks)
     truncation = record_checks.TruncationCounter()  # outside strategy.scope(): plain variables
     dataset = _train_dataset(config, class_names, strategy, config.seed + step, truncation)
     with watcher:
-        train_loop.train_loop(model, strategy, dataset, callbacks, start_step=step,
+        loop.train_loop(model, strategy, dataset, callbacks, start_step=step,
                               steps_per_epoch=config.eval_every, jit_compile=config.jit_compile)
     truncation.log(config.max_boxes)  # once per run: how many examples lost box targets
     train_writer.flush()

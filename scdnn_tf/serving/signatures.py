@@ -35,12 +35,10 @@ import tensorflow as tf
 
 from scdnn_tf.data.preprocess import decode_image, resize_image
 from scdnn_tf.data.records import parse_example
-from scdnn_tf.image_headers import NO_SIZE, NOT_AN_IMAGE, header_pixels
-from scdnn_tf.thresholds import logit_threshold
+from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS, NO_SIZE, NOT_AN_IMAGE, header_pixels
+from scdnn_tf.evaluation.thresholds import logit_threshold
 
 SIGNATURE_NAMES = ("serving_default", "image_tensor", "tf_example", "class_names")
-# 50 megapixels: a 24 MP phone photo passes, a 12000x12000 (144 MP) image is refused.
-DEFAULT_MAX_PIXELS = 50_000_000
 PATCH_KEYS = ("patch_boxes", "context_boxes", "patch_scores", "context_weights",
               "patch_context_scale")
 _FORMATS = "a JPEG/PNG/GIF/BMP/WebP image"

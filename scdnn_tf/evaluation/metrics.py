@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scdnn_tf.thresholds import logit_threshold, probability_at_most
+from scdnn_tf.evaluation.thresholds import logit_threshold, probability_at_most
 
 TOP_K = 3
 _SUMMARY_KEYS = ("mAP", "CP", "CR", "CF1", "CF1_mean", "OP", "OR", "OF1")

@@ -3,7 +3,7 @@
 Importing this module imports no TensorFlow (the converters never need it); it sets
 `TF_CPP_MIN_LOG_LEVEL=2` unless the environment already sets it, hiding TF's C++
 INFO/WARNING start-up notes (set it to 0 to see them). Tools that use TensorFlow import
-`scdnn_tf.tf_start` first, which imports it through `import_tensorflow_quietly`.
+`scdnn_tf.utils.tf_start` first, which imports it through `import_tensorflow_quietly`.
 `run(main)` is `absl.app.run(main)` where an expected user error (a bad flag value, a
 missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one line
 `<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
@@ -65,9 +65,20 @@ def _library_info_filter(record) -> bool:
 USER_ERROR_EXIT = 2
 
 
+class UserError(Exception):
+    """An error the user fixes from its one-line message (a model_dir in use, ...)."""
+
+
+class GracefulStop(Exception):
+    """A requested stop after the state was saved; the process exits with `exit_code`."""
+
+    exit_code = 1
+
+
 def packaged_configs() -> dict[str, str]:
     """{name: path} of the flagfiles shipped in the package (`scdnn_tf/configs/*.flags`)."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(package, "configs")
     return {name[:-len(".flags")]: os.path.join(folder, name)
             for name in sorted(os.listdir(folder)) if name.endswith(".flags")}
 
@@ -89,9 +100,7 @@ def expand_config_args(argv: list[str]) -> list[str]:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from scdnn_tf.run_lock import LockedError  # noqa: PLC0415
-
-    errors = (ValueError, OSError, FloatingPointError, LockedError)
+    errors = (ValueError, OSError, FloatingPointError, UserError)
     if "tensorflow" not in sys.modules:  # a tool that never imported it raises none of its errors
         return errors
     import tensorflow as tf  # noqa: PLC0415
@@ -118,9 +127,7 @@ def run(main) -> None:
         try:
             return main(argv)
         except Exception as e:
-            # Only a tool that imported the preemption module can be preempted.
-            preemption = sys.modules.get("scdnn_tf.preemption")
-            if preemption is not None and isinstance(e, preemption.Preempted):
+            if isinstance(e, GracefulStop):
                 logging.warning("%s", e)
                 sys.exit(e.exit_code)
             if not isinstance(e, _expected_errors()):

@@ -1,0 +1,65 @@
+"""A run's network, optimizer and precision policy, built from its TrainConfig."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from scdnn_tf.core.config import TrainConfig
+
+
+def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bool = True):
+    """The network named by `--model`, built (variables created) in the current scope."""
+    weights = (config.backbone_weights or None) if load_backbone_weights else None
+    common = dict(backbone=config.backbone, backbone_weights=weights,
+                  image_size=config.image_size, freeze_bn=config.freeze_bn,
+                  freeze_stages=config.freeze_stages)
+    if config.model == "baseline":
+        from scdnn_tf.modeling.baseline import BaselineClassifier  # noqa: PLC0415
+        model = BaselineClassifier(num_classes, label_loss_weight=config.label_weight, **common)
+    else:
+        from scdnn_tf.modeling.scdnn import SCDNN  # noqa: PLC0415
+        model = SCDNN(num_classes, fpn_channels=config.fpn_channels, min_level=config.min_level,
+                      anchor_sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios,
+                      num_patches=config.num_patches, num_train_patches=config.num_train_patches,
+                      anchor_samples=config.anchor_samples,
+                      # tf.image.crop_and_resize has no XLA kernel: same sampling via gathers.
+                      crop_backend="gather" if config.jit_compile else "tf_image",
+                      context_scale=config.context_scale,
+                      context_scales=config.context_scales or None, relation=config.relation,
+                      relation_layers=config.relation_layers, global_patch=config.global_patch,
+                      branches=config.branches,
+                      aggregation=config.aggregation, fusion=config.fusion,
+                      fc_units=config.fc_units, dropout=config.dropout,
+                      regression_weight=config.regression_weight,
+                      patch_weight=config.patch_weight, label_weight=config.label_weight,
+                      **common)
+    model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
+    return model
+
+
+def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW, warm-up + cosine schedule, optional EMA."""
+    decay_steps = config.train_steps - config.warmup_steps
+    if config.warmup_steps:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps, warmup_target=config.learning_rate,
+            warmup_steps=config.warmup_steps)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
+    common = dict(learning_rate=schedule, weight_decay=config.weight_decay or None,
+                  global_clipnorm=config.global_clipnorm or None,
+                  use_ema=config.ema_decay > 0, ema_momentum=config.ema_decay or 0.99)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
+                                         **common)
+    else:
+        optimizer = keras.optimizers.AdamW(**common)
+    # Decay shrinks weights toward 0; biases and normalization scales/offsets are exempt.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def set_precision_policy(config: TrainConfig) -> None:
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if config.mixed_precision else "float32")

@@ -1,0 +1,74 @@
+"""Rebuilding a run from its model_dir: model and optimizer built, newest intact checkpoint
+restored (for training, evaluation and export alike)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from scdnn_tf.core import checkpoints
+from scdnn_tf.core.builders import build_model, build_optimizer, set_precision_policy
+from scdnn_tf.core.config import TrainConfig
+
+LABEL_MAP_NAME = "label_map.txt"
+# A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones
+# are safe because checkpoints match the optimizer state to variables by name.
+RESUME_FIXED_FIELDS = ("optimizer",)
+RESUME_CHANGEABLE_FIELDS = ("ema_decay", "mixed_precision", "freeze_stages")
+
+
+def build_and_restore(config, num_classes, strategy, load_backbone_weights=True, save_dir=None,
+                      for_training=True):
+    """Builds model + optimizer in `strategy.scope()`, compiles, restores the newest intact
+    checkpoint of config.model_dir; the returned manager saves into `save_dir` (default
+    model_dir).
+
+    For training (the run's writer), damaged newer checkpoints are moved aside and the
+    `checkpoint` state file is rewritten to list the intact ones; for inference model_dir
+    is only read.
+
+    Returns:
+      (model, checkpoint manager, restored checkpoint path or None).
+
+    Raises:
+      checkpoints.CheckpointError: model_dir holds checkpoints and none reads.
+    """
+    writer = for_training and (save_dir or config.model_dir) == config.model_dir
+    latest = checkpoints.find_restorable(config.model_dir, move_damaged=writer)
+    set_precision_policy(config)
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, num_classes, load_backbone_weights)
+        model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
+        # Create the slots (and EMA) now, so the restore below fills existing variables.
+        model.optimizer.build(model.trainable_variables)
+        checkpoint = checkpoints.make_checkpoint(model)
+    if latest:
+        with strategy.scope():
+            notes = checkpoints.restore(model, latest)
+        logging.info("restored %s", latest)
+        if notes["missing"] or notes["unused"]:
+            logging.info("optimizer state: %d variables new to this run start fresh, %d of the "
+                         "checkpoint are not used (a changed --freeze_stages, --ema_decay or "
+                         "--mixed_precision)", len(notes["missing"]), len(notes["unused"]))
+        if writer:
+            checkpoints.write_state_file(config.model_dir,
+                                         checkpoints.keep_list(config.model_dir, latest))
+    manager = tf.train.CheckpointManager(checkpoint, save_dir or config.model_dir,
+                                         max_to_keep=config.keep_checkpoints)
+    return model, manager, latest
+
+
+def restore_for_inference(config: TrainConfig, num_classes: int, strategy):
+    """Newest intact checkpoint of config.model_dir with EMA weights in place (if used).
+
+    Returns:
+      (model, optimizer, checkpoint path). Raises FileNotFoundError without a checkpoint.
+    """
+    model, _, latest = build_and_restore(config, num_classes, strategy,
+                                         load_backbone_weights=False, for_training=False)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in --model_dir={config.model_dir!r}")
+    model.optimizer.finalize_variable_values(model.trainable_variables)  # EMA -> weights
+    return model, model.optimizer, latest
