@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import train_step_lib as lib  # noqa: E402
-from scdnn_tf.precision import (choose_precision, local_gpu_details,  # noqa: E402
+from scdnn_tf.core.precision import (choose_precision, local_gpu_details,  # noqa: E402
                                 precision_policy, read_cpuinfo, vector_cpu_flags)
 
 flags.DEFINE_list("configs", ["small@128x16", "resnet50@448x2"], "backbone@size x batch.")

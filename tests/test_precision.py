@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from scdnn_tf.precision import (PRECISIONS, choose_precision, cpu_flags, precision_policy,
+from scdnn_tf.core.precision import (PRECISIONS, choose_precision, cpu_flags, precision_policy,
                                 resolve_precision, vector_cpu_flags)
 
 # Abridged /proc/cpuinfo texts of three machines (two processors each, as on real hosts).

@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import flags
 
+from scdnn_tf.core.precision import PRECISIONS, fold_old_flag
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
@@ -109,8 +110,16 @@ class TrainConfig:
     global_clipnorm: float = _field(0.0, "Clip gradients to this global norm (0 = off).")
     ema_decay: float = _field(0.0, "Exponential moving average of the weights (0 = off); "
                                    "evaluation uses the averaged weights.")
-    mixed_precision: bool = _field(False, "mixed_float16 compute with dynamic loss scaling.")
     jit_compile: bool = _field(False, "XLA-compile the train step.")
+    # Compute precision: --precision, and --mixed_precision, its old name for mixed_float16
+    # (folded into `precision` by __post_init__; both are written to config.json).
+    precision: str = _field("float32", "Compute precision: float32; mixed_bfloat16 (16-bit "
+                                       "compute, float32 variables: fast on CPUs with AMX / "
+                                       "AVX512-BF16 and on GPUs of compute capability >= 8.0); "
+                                       "mixed_float16 (with loss scaling: older GPUs); auto "
+                                       "(picks one of them for this machine and logs why).",
+                            PRECISIONS)
+    mixed_precision: bool = _field(False, "Old name of --precision=mixed_float16.")
     strategy: str = _field("mirrored", "tf.distribute strategy.", STRATEGIES)
     seed: int = _field(0, "Seed for weight init and data shuffling/augmentation.")
     # Schedule of side jobs (in steps).
@@ -123,6 +132,10 @@ class TrainConfig:
     profile_steps: str = _field("", "Write a profiler trace of global steps K..L ('K,L', or "
                                     "'K' for one step) for TensorBoard's Profile tab "
                                     "('' = off).")
+
+    def __post_init__(self):
+        # A conflicting pair raises here (ValueError naming both flags).
+        self.precision = fold_old_flag(self.precision, self.mixed_precision)
 
     def validate(self) -> "TrainConfig":
         """Checks every value; raises ValueError naming the flag and echoing the bad value.
@@ -287,8 +300,12 @@ def config_from_flags(flag_values=flags.FLAGS, only_present: bool = False) -> di
       only_present: return only the flags given on the command line or in a flagfile.
 
     Raises:
-      ValueError: a list flag with a non-numeric item (named).
+      ValueError: a list flag with a non-numeric item (named); `--mixed_precision` with a
+        `--precision` other than mixed_float16.
     """
+    if "precision" in flag_values and "mixed_precision" in flag_values:
+        fold_old_flag(flag_values["precision"].value, flag_values["mixed_precision"].value,
+                      precision_given=flag_values["precision"].present)
     values = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in flag_values or (only_present and not flag_values[f.name].present):

@@ -123,8 +123,13 @@ def export_saved_model(model, class_names, export_dir: str, thresholds=None, top
     return target
 
 
-def load_from_model_dir(model_dir: str):
+def load_from_model_dir(model_dir: str, precision: str = "float32"):
     """The latest checkpoint of a training model_dir (EMA weights in place) and its names.
+
+    Args:
+      model_dir: a training run's folder.
+      precision: the rebuilt model's compute precision (a `--precision` value; float32
+        whatever the run trained in unless asked). Its inputs and outputs stay float32.
 
     Returns:
       (model, class_names, checkpoint path).
@@ -137,5 +142,5 @@ def load_from_model_dir(model_dir: str):
     class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
     # The default strategy: plain variables, which ExportArchive can save.
     model, _, checkpoint = restore.restore_for_inference(config, len(class_names),
-                                                          tf.distribute.get_strategy())
+                                                          tf.distribute.get_strategy(), precision)
     return model, class_names, checkpoint

@@ -26,6 +26,26 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_GPU_CAPABILITY = (8, 0)
 
 
+def fold_old_flag(precision: str, mixed_precision: bool, precision_given: bool = False) -> str:
+    """`--precision` with `--mixed_precision` (its old name for mixed_float16) folded in.
+
+    Args:
+      precision: the `--precision` value.
+      mixed_precision: the `--mixed_precision` value.
+      precision_given: `--precision` was set explicitly (then even float32 conflicts with
+        `--mixed_precision`; otherwise float32 is its default and gives way).
+
+    Raises:
+      ValueError: the two flags ask for different precisions.
+    """
+    if not mixed_precision or precision == "mixed_float16":
+        return "mixed_float16" if mixed_precision else precision
+    if precision == "float32" and not precision_given:
+        return "mixed_float16"
+    raise ValueError(f"--mixed_precision (the old name of --precision=mixed_float16) "
+                     f"conflicts with --precision={precision}; give one of them")
+
+
 def cpu_flags(cpuinfo_text: str) -> set[str]:
     """The feature flags of a `/proc/cpuinfo` text (x86 `flags`, ARM `Features` lines)."""
     flags = set()
