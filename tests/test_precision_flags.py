@@ -77,7 +77,13 @@ def _conv_dtypes(signature):
 
 @pytest.mark.slow
 def test_bfloat16_export_round_trip_close_to_float32(tmp_path):
+    keras.utils.set_random_seed(0)
     model32 = tiny_scdnn()
+    # Objectness and deltas independent of the features (zero 1x1 kernels): both exports
+    # keep the same patches, so their scores differ by bfloat16 rounding only (with random
+    # weights, one swapped patch can move an image's max-pooled logit by several units).
+    for layer in (model32.patch_heads.patch_classifier, model32.patch_heads.location_regressor):
+        layer.kernel.assign(tf.zeros_like(layer.kernel))
     with precision_policy("mixed_bfloat16"):
         model16 = tiny_scdnn()
     model16.set_weights(model32.get_weights())
@@ -91,10 +97,9 @@ def test_bfloat16_export_round_trip_close_to_float32(tmp_path):
     for key in ("scores", "top_scores", "patch_boxes", "patch_scores"):
         assert out["bfloat16"][key].dtype == tf.float32, key
     a, b = out["float32"]["scores"].numpy(), out["bfloat16"]["scores"].numpy()
+    np.testing.assert_array_equal(out["bfloat16"]["patch_boxes"], out["float32"]["patch_boxes"])
     assert not np.array_equal(a, b)  # it really computed in bfloat16
-    # bfloat16 keeps 8 significant bits; a change of patches by top-k / NMS on the rounded
-    # features moves a few scores more than the rest (random weights: logits up to ~7).
-    assert np.abs(b - a).max() < 0.05 and np.abs(b - a).mean() < 0.015
+    np.testing.assert_allclose(b, a, atol=0.03)  # 8 significant bits through ~20 layers
 
 
 def test_predict_refuses_a_precision_for_a_saved_model(tmp_path):
