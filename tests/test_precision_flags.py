@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from scdnn_tf.core import checkpoints
 from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags
 from scdnn_tf.core.precision import fold_old_flag, precision_policy
 from scdnn_tf.engine.trainer import run_training
@@ -17,9 +16,9 @@ from scdnn_tf.evaluation.evaluator import run_evaluation
 from scdnn_tf.serving.exporter import export_saved_model, load_from_model_dir
 from scdnn_tf.serving.predictor import run_prediction
 
-from helpers import tiny_config, write_tiny_dataset
+from helpers import tiny_config
 from test_export import NAMES, encode, random_image, tiny_scdnn
-from test_resume_safety import _values
+from test_resume_safety import Probe, _values, data_dir  # noqa: F401 (a fixture)
 
 
 def _flags(*argv):
@@ -107,18 +106,12 @@ def test_predict_refuses_a_precision_for_a_saved_model(tmp_path):
         run_prediction([str(tmp_path)], saved_model=str(tmp_path), precision="mixed_bfloat16")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-class Probe(keras.callbacks.Callback):
-    """The restored step and weights, the policy of the run, and its step losses."""
+class PrecisionProbe(Probe):
+    """Also the policy the run computes in and its step losses."""
 
     def on_train_begin(self, logs=None):
-        self.step = int(self.model.optimizer.iterations.numpy())
+        super().on_train_begin(logs)
         self.policy = self.model.dtype_policy.name
-        self.weights = {k: v.numpy() for k, v in checkpoints.model_variables(self.model).items()}
         self.losses = []
 
     def on_train_batch_end(self, batch, logs=None):
@@ -135,7 +128,7 @@ def _checkpoint_dtypes(prefix):
 def test_resume_float32_to_bfloat16_and_back(data_dir, tmp_path):
     probes = []
     for steps, precision in ((2, "float32"), (3, "mixed_bfloat16"), (4, "float32")):
-        probes.append(Probe())
+        probes.append(PrecisionProbe())
         run_training(tiny_config(data_dir, tmp_path, train_steps=steps, checkpoint_every=1,
                                  eval_pattern="", precision=precision),
                      extra_callbacks=[probes[-1]])
@@ -146,9 +139,9 @@ def test_resume_float32_to_bfloat16_and_back(data_dir, tmp_path):
         assert probe.losses and np.isfinite(probe.losses).all()
     for step, probe in ((2, probes[1]), (3, probes[2])):  # each resume starts from the save
         saved = _values(str(tmp_path / f"ckpt-{step}"), "variables")
-        assert probe.weights.keys() == saved.keys()
+        assert probe.model_state.keys() == saved.keys()
         for key, value in saved.items():
-            np.testing.assert_array_equal(probe.weights[key], value, err_msg=key)
+            np.testing.assert_array_equal(probe.model_state[key], value, err_msg=key)
     before, after = (_values(str(tmp_path / f"ckpt-{s}"), "variables") for s in (2, 3))
     assert any(not np.array_equal(before[k], after[k]) for k in before)  # a bfloat16 step
     for step in (2, 3, 4):  # bfloat16 compute, float32 checkpoints
