@@ -98,7 +98,7 @@ def test_bfloat16_export_round_trip_close_to_float32(tmp_path):
     a, b = out["float32"]["scores"].numpy(), out["bfloat16"]["scores"].numpy()
     np.testing.assert_array_equal(out["bfloat16"]["patch_boxes"], out["float32"]["patch_boxes"])
     assert not np.array_equal(a, b)  # it really computed in bfloat16
-    np.testing.assert_allclose(b, a, atol=0.03)  # 8 significant bits through ~20 layers
+    np.testing.assert_allclose(b, a, atol=0.05)  # 8 significant bits through ~20 layers
 
 
 def test_predict_refuses_a_precision_for_a_saved_model(tmp_path):
