@@ -22,8 +22,10 @@ CLASSES = ["red", "green", "blue"]
 COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 
 
-def write_tiny_dataset(root, num_train=16, num_val=6, size=64, seed=0):
-    """Coloured squares on grey (class = colour), `train-`/`val-` shards + label map."""
+def write_tiny_dataset(root, num_train=16, num_val=6, size=64, seed=0, class_names=CLASSES):
+    """Coloured squares on grey (class = colour), `train-`/`val-` shards + label map.
+
+    `class_names` (at least 3) is the label map; squares are drawn for its first three."""
     rng = np.random.RandomState(seed)
     os.makedirs(root, exist_ok=True)
     for split, n in (("train", num_train), ("val", num_val)):
@@ -42,8 +44,8 @@ def write_tiny_dataset(root, num_train=16, num_val=6, size=64, seed=0):
                 w.write(build_example(
                     encoded=buf.getvalue(), image_format="png", height=size, width=size,
                     filename=f"{split}{i}.png", source_id=str(i), boxes=boxes, classes=present,
-                    class_texts=[CLASSES[c] for c in present]).SerializeToString())
-    write_label_map(os.path.join(root, "label_map.txt"), CLASSES)
+                    class_texts=[class_names[c] for c in present]).SerializeToString())
+    write_label_map(os.path.join(root, "label_map.txt"), list(class_names))
     return str(root)
 
 

@@ -103,8 +103,8 @@ def test_preprocessing_modes_match_keras_applications():
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(torch_mode, (x / 255.0 - mean) / std, atol=1e-5)
     assert ImagePreprocessing.from_config(ImagePreprocessing("caffe").get_config()).mode == "caffe"
-    with pytest.raises(ValueError, match="'tf'"):
-        ImagePreprocessing("tf")
+    with pytest.raises(ValueError, match="'bgr'"):
+        ImagePreprocessing("bgr")
 
 
 def test_backbone_config_round_trip_gives_same_outputs():
@@ -197,5 +197,8 @@ def test_resnext101_forward_448_batch2_cpu():
 
 
 def test_backbone_names_constant_is_complete():
-    assert set(BACKBONE_NAMES) == {"resnext101_32x8d", "resnext50_32x4d", "resnet50",
-                                   "resnet50_tv", "small"}
+    assert set(BACKBONE_NAMES) == {
+        "resnext101_32x8d", "resnext50_32x4d", "resnet50", "resnet50_tv", "small",
+        "mobilenet_v2", "mobilenet_v3_large", "efficientnetv2_b0", "efficientnetv2_b1",
+        "efficientnetv2_b2", "efficientnetv2_b3", "efficientnetv2_s", "convnext_tiny",
+        "convnext_small", "convnext_base", "resnet50v2", "resnet101v2"}

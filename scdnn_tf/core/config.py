@@ -18,7 +18,7 @@ from absl import flags
 
 from scdnn_tf.core.precision import PRECISIONS, fold_old_flag
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
-from scdnn_tf.modeling.backbones import BACKBONE_NAMES
+from scdnn_tf.modeling.backbones import BACKBONE_NAMES, KERAS_IMAGENET_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
 from scdnn_tf.modeling.relation import RELATIONS
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
@@ -63,12 +63,21 @@ class TrainConfig:
     # Model.
     model: str = _field("scdnn", "Network: the SCDNN, or the GAP baseline classifier.", MODELS)
     backbone: str = _field("small", "Backbone network.", BACKBONE_NAMES)
-    backbone_weights: str = _field("", "'' (random init), 'imagenet' (resnet50 only), a "
-                                       "converted .weights.h5 path, or hf-hub:timm/NAME[@REV] "
+    backbone_weights: str = _field("", "'' (random init), 'imagenet' (keras.applications "
+                                       "backbones: resnet50, mobilenet_v2, ...), a "
+                                       ".weights.h5 path, or hf-hub:timm/NAME[@REV] "
                                        "(downloaded, converted and cached; e.g. "
                                        "hf-hub:timm/resnext101_32x8d.tv_in1k).")
     freeze_bn: bool = _field(False, "Keep backbone BatchNorm layers frozen (inference mode).")
     freeze_stages: int = _field(0, "Freeze the backbone stem and the first k-1 stages (0 = none).")
+    # Fine-tuning from another run (--init_from; core/init_from.py).
+    init_from: str = _field("", "Start a new run from another run's weights: its model_dir "
+                                "(newest checkpoint) or a checkpoint prefix DIR/ckpt-N. "
+                                "Variables are matched by name and shape; the output layers "
+                                "take the rows of the classes named in both label maps (the "
+                                "source's label_map.txt beside its checkpoint). Optimizer "
+                                "state starts fresh. Ignored when --model_dir holds a "
+                                "checkpoint of its own (the run resumes).")
     image_size: int = _field(448, "Input side S in pixels (a multiple of 32).")
     fpn_channels: int = _field(256, "Feature pyramid width.")
     min_level: int = _field(2, "Finest pyramid level: 2 (P2..P5, the paper) or 3 (P3..P5: no "
@@ -164,9 +173,16 @@ class TrainConfig:
             local = value and value != "imagenet" and not is_hub_spec(value)
             if local and not os.path.isfile(value):
                 _fail(name, value, "must name an existing file")
-        if self.backbone_weights == "imagenet" and self.backbone != "resnet50":
-            _fail("backbone_weights", "imagenet", f"is only available for --backbone=resnet50, "
-                  f"not {self.backbone}; pass a converted .weights.h5 path")
+        if self.init_from:  # --init_from
+            _require(self, "init_from", os.path.isdir(self.init_from)
+                     or os.path.isfile(self.init_from + ".index"),
+                     "must be a model_dir or a checkpoint prefix (MODEL_DIR/ckpt-N)")
+            _require(self, "init_from", os.path.abspath(self.init_from.rstrip("/"))
+                     != os.path.abspath(self.model_dir.rstrip("/")), "must not be --model_dir")
+        if self.backbone_weights == "imagenet" and self.backbone not in KERAS_IMAGENET_NAMES:
+            _fail("backbone_weights", "imagenet", f"is only available for --backbone in "
+                  f"{', '.join(KERAS_IMAGENET_NAMES)}, not {self.backbone}; pass a converted "
+                  ".weights.h5 path")
         _require(self, "image_size", self.image_size >= 64 and self.image_size % 32 == 0,
                  "must be a multiple of 32, >= 64")
         positive = ("fpn_channels", "num_patches", "num_train_patches", "anchor_samples",

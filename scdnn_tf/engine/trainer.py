@@ -42,7 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.engine import callbacks as callbacks_lib
-from scdnn_tf.core import restore
+from scdnn_tf.core import init_from, restore
 from scdnn_tf.core.strategy import make_strategy, worker_write_dir
 from scdnn_tf.evaluation import evaluator
 from scdnn_tf.engine import preemption
@@ -179,6 +179,12 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     replicas = strategy.num_replicas_in_sync
     model, manager, restored = restore.build_and_restore(config, len(class_names), strategy,
                                                  save_dir=write_dir)
+    if config.init_from and restored:
+        logging.info("--init_from=%s ignored: the run resumes from its own checkpoint %s",
+                     config.init_from, restored)
+    elif config.init_from:
+        with strategy.scope():
+            init_from.initialize(model, config.init_from, class_names)
     step = callbacks_lib.global_step(model)
     logging.info("%s: %d replicas, %s params, starting at step %d of %d", config.model, replicas,
                  f"{model.count_params():,}", step, config.train_steps)

@@ -8,7 +8,7 @@ and freezing are `backbones.build_backbone`'s job.
 
 import keras
 
-from scdnn_tf.modeling import resnext
+from scdnn_tf.modeling import keras_backbones, resnext
 from scdnn_tf.modeling.weights_by_name import load_weights_by_name
 
 LEVELS = ("C2", "C3", "C4", "C5")
@@ -26,7 +26,10 @@ _KERAS_RESNET50_OUTPUTS = {
 SMALL_ARCH = dict(layers=(1, 1, 1, 1), groups=1, width_per_group=64,
                   planes=(16, 32, 64, 128), stem_width=16, expansion=2)
 
-BACKBONE_NAMES = ("resnext101_32x8d", "resnext50_32x4d", "resnet50", "resnet50_tv", "small")
+BACKBONE_NAMES = ("resnext101_32x8d", "resnext50_32x4d", "resnet50", "resnet50_tv", "small",
+                  *keras_backbones.SPECS)
+# Backbones whose ImageNet weights keras.applications downloads (weights="imagenet").
+KERAS_IMAGENET_NAMES = ("resnet50", *keras_backbones.SPECS)
 
 
 @keras.saving.register_keras_serializable(package="scdnn_tf")
@@ -34,13 +37,14 @@ class ImagePreprocessing(keras.layers.Layer):
     """Maps RGB pixels in [0, 255] to a backbone's expected input (keras imagenet_utils).
 
     Args:
-        mode: "torch" (x/255, then ImageNet mean/std) or "caffe" (RGB->BGR, minus the
-            ImageNet mean in 0..255 units).
+        mode: "torch" (x/255, then ImageNet mean/std), "caffe" (RGB->BGR, minus the
+            ImageNet mean in 0..255 units), "tf" (x/127.5 - 1) or "scale128" (x/128 - 1,
+            EfficientNetV2-S).
 
     Runs in float32 whatever the global policy: the next conv casts to its compute dtype.
     """
 
-    MODES = ("torch", "caffe")
+    MODES = ("torch", "caffe", "tf", "scale128")
 
     def __init__(self, mode="torch", name="preprocess", **kwargs):
         kwargs["dtype"] = "float32"
@@ -51,6 +55,8 @@ class ImagePreprocessing(keras.layers.Layer):
 
     def call(self, images):
         images = keras.ops.cast(images, "float32")
+        if self.mode == "scale128":
+            return images / 128.0 - 1.0
         return keras.applications.imagenet_utils.preprocess_input(
             images, data_format="channels_last", mode=self.mode)
 
@@ -81,8 +87,8 @@ def backbone_graph(name, image_size=None, keras_weights=None):
     Args:
         name: One of `BACKBONE_NAMES`.
         image_size: Static input side S, or None for any size.
-        keras_weights: Only for ``resnet50``: passed to keras.applications (None or
-            "imagenet").
+        keras_weights: Only for keras.applications backbones: passed to their
+            constructor (None, "imagenet" or a Keras weights file path).
 
     Returns:
         (inputs, features, stage_fn): the keras.Input [B,S,S,3], the dict of C2..C5
@@ -97,6 +103,9 @@ def backbone_graph(name, image_size=None, keras_weights=None):
             include_top=False, weights=keras_weights, input_tensor=x)
         features = {k: base.get_layer(v).output for k, v in _KERAS_RESNET50_OUTPUTS.items()}
         return inputs, features, _keras_resnet50_stage
+    if name in keras_backbones.SPECS:
+        x = ImagePreprocessing(keras_backbones.SPECS[name].mode)(inputs)
+        return keras_backbones.application_graph(name, inputs, x, keras_weights)
     x = ImagePreprocessing("torch")(inputs)
     arch = SMALL_ARCH if name == "small" else resnext.RESNEXT_ARCHS[name]
     return inputs, resnext.resnet_features(x, **arch), resnext.stage_of_layer
@@ -116,8 +125,8 @@ def build_resnext_classifier(arch, num_classes=1000, weights=None, image_size=No
     Returns:
         keras.Model: images [B,S,S,3] in [0,255] -> logits [B, num_classes] (float32).
     """
-    if arch == "resnet50":
-        raise ValueError("build_resnext_classifier: use keras.applications.ResNet50 for resnet50")
+    if arch in KERAS_IMAGENET_NAMES:
+        raise ValueError(f"build_resnext_classifier: use keras.applications for {arch}")
     inputs, features, _ = backbone_graph(arch, image_size)
     pooled = keras.layers.GlobalAveragePooling2D(name="avgpool")(features["C5"])
     logits = keras.layers.Dense(num_classes, dtype="float32", name="fc")(pooled)

@@ -10,6 +10,8 @@ by name, so a backbone file could not be loaded into a larger model; hence this 
                         moving_mean, moving_variance; conv kernel [kh, kw, in/groups, out]).
 """
 
+import os
+
 import h5py
 import keras
 import numpy as np
@@ -65,6 +67,21 @@ def _check_shapes(layer_name, expected, found, path):
             raise ValueError(
                 f"{path}: shape mismatch in layer {layer_name!r}, variable {key}: file has "
                 f"{tuple(np.shape(found[key]))}, model expects {tuple(expected[key].shape)}")
+
+
+def is_by_name_file(path):
+    """True when `path` is a readable HDF5 file written by `save_weights_by_name`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
 
 
 def load_weights_by_name(model, path):
