@@ -149,17 +149,25 @@ def main(argv):
         raise app.UsageError("--precisions must start with float32 (the reference)")
     record = {"machine": machine(), "repeats": FLAGS.repeats, "steps": FLAGS.steps,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    parts = []
+    if "conv" in FLAGS.parts:  # first: seconds, where the models may take long
+        parts.append(("conv", lambda: run_conv(FLAGS.conv_shape, FLAGS.precisions,
+                                               FLAGS.repeats)))
     if {"train", "inference"} & set(FLAGS.parts):
-        record["models"] = {c: run_model_parts(c, FLAGS.precisions, FLAGS.parts,
-                                               FLAGS.num_classes, FLAGS.repeats, FLAGS.steps)
-                            for c in FLAGS.configs}
-    if "conv" in FLAGS.parts:
-        record["conv"] = run_conv(FLAGS.conv_shape, FLAGS.precisions, FLAGS.repeats)
-    record["load_avg_end"] = load_avg()
-    print_record(record)
-    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    print(f"wrote {FLAGS.json_out}")
+        record["models"] = {}
+        parts += [(c, lambda c=c: run_model_parts(c, FLAGS.precisions, FLAGS.parts,
+                                                  FLAGS.num_classes, FLAGS.repeats,
+                                                  FLAGS.steps)) for c in FLAGS.configs]
+    for name, run in parts:  # the record is printed and written after each part
+        if name == "conv":
+            record["conv"] = run()
+        else:
+            record["models"][name] = run()
+        record["load_avg_end"] = load_avg()
+        print_record(record)
+        with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {FLAGS.json_out}", flush=True)
 
 
 if __name__ == "__main__":
