@@ -123,7 +123,7 @@ def clean_dataset(data: dict, path: str, summary: ConversionSummary) -> dict:
         if problem:
             ann_id = ann.get("id") if isinstance(ann, dict) else None
             summary.skip(MALFORMED_ANNOTATION, f"{path} annotations[{i}] (id {ann_id}): "
-                                               f"{problem}")
+                                               f"{problem}", annotations=1)
         else:
             anns.append(ann)
     return {**data, "images": images, "annotations": anns, "categories": categories}

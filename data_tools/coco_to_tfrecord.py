@@ -25,7 +25,6 @@ from scdnn_tf.utils import cli  # noqa: I001  (imports no TensorFlow: a conversi
 import collections
 import contextlib
 import io
-import json
 import os
 
 import numpy as np
@@ -34,6 +33,7 @@ from pycocotools.coco import COCO
 
 from data_tools import coco_checks, convert_common, image_checks
 from scdnn_tf.data.tfrecord_writer import ConversionSummary
+from scdnn_tf.utils import files
 
 FLAGS = flags.FLAGS
 
@@ -51,17 +51,12 @@ def load_coco(path: str, summary: ConversionSummary | None = None) -> COCO:
     Malformed image/annotation entries are left out and counted in `summary` (see
     `coco_checks`); category defects and a non-list `annotations` raise ValueError.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"COCO annotations not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "categories")):
-        raise ValueError(f"{path}: not a COCO instances file (needs 'images' and "
-                         "'categories' lists)")
+    with files.flag_errors("annotations", path):
+        data = files.read_json(path)
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(k), list) for k in ("images", "categories")):
+            raise ValueError(f"{path}: not a COCO instances file (needs 'images' and "
+                             "'categories' lists)")
     data = coco_checks.clean_dataset(data, path, summary or ConversionSummary())
     coco = COCO()
     coco.dataset = data
@@ -93,7 +88,8 @@ def _images_with_unique_ids(coco: COCO, summary: ConversionSummary) -> list[dict
     for img_id, entries in by_id.items():
         if len(entries) > 1:
             names = ", ".join(str(e.get("file_name")) for e in entries)
-            summary.skip(DUPLICATE_ID, f"id {img_id} ({names})")
+            summary.skip(DUPLICATE_ID, f"id {img_id} ({names})",
+                         annotations=len(coco.imgToAnns.get(img_id, [])))
         else:
             kept.append(entries[0])
     return kept
@@ -103,7 +99,7 @@ def _count_orphans(coco: COCO, annotations_path: str, summary: ConversionSummary
     for ann in coco.dataset["annotations"]:
         if ann.get("image_id") not in coco.imgs:
             summary.skip(MISSING_IMAGE_ID, f"{annotations_path} annotation {ann.get('id')} "
-                                           f"(image id {ann.get('image_id')})")
+                                           f"(image id {ann.get('image_id')})", annotations=1)
 
 
 def _tasks(coco: COCO, images: list[dict], image_dir: str, include_crowd: bool,
@@ -112,17 +108,19 @@ def _tasks(coco: COCO, images: list[dict], image_dir: str, include_crowd: bool,
         file_name = str(img.get("file_name", ""))
         path = image_checks.resolve_inside(image_dir, file_name)
         if path is None:
-            summary.skip(ESCAPING_NAME, f"image id {img['id']}: {file_name!r}")
+            summary.skip(ESCAPING_NAME, f"image id {img['id']}: {file_name!r}",
+                         annotations=len(coco.imgToAnns.get(img["id"], [])))
             continue
         boxes, classes, crowd, objects = [], [], [], []
         for ann in coco.imgToAnns.get(img["id"], []):
             label = f"{file_name} annotation {ann.get('id')}"
             if ann.get("category_id") not in index_of:
-                summary.skip(UNKNOWN_CATEGORY, f"{label} (category {ann.get('category_id')})")
+                summary.skip(UNKNOWN_CATEGORY, f"{label} (category {ann.get('category_id')})",
+                             annotations=1)
                 continue
             is_crowd = coco_checks.parse_flag(ann.get("iscrowd", 0))
             if is_crowd and not include_crowd:
-                summary.note(CROWD_LEFT_OUT, label)
+                summary.note(CROWD_LEFT_OUT, label, annotations=1)
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             boxes.append([y, x, y + h, x + w])
@@ -140,7 +138,9 @@ def _tasks(coco: COCO, images: list[dict], image_dir: str, include_crowd: bool,
 def convert(annotations: str, image_dir: str, output_prefix: str, num_shards: int,
             include_crowd: bool = False, num_workers: int = 1, strict: bool = False,
             max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
-            image_check: str = "structure") -> ConversionSummary:
+            image_check: str = "structure",
+            max_skip_fraction: float = convert_common.DEFAULT_MAX_SKIP_FRACTION
+            ) -> ConversionSummary:
     """Converts one COCO split; returns the summary (`summary.paths` = shard paths)."""
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image dir not found: {image_dir}")
@@ -158,8 +158,8 @@ def convert(annotations: str, image_dir: str, output_prefix: str, num_shards: in
     summary.paths = convert_common.run_conversion(
         convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
         num_workers=num_workers, max_image_side=max_image_side,
-        image_check=image_check, total=len(images),
-        desc="coco")
+        image_check=image_check, total=len(images), desc="coco",
+        max_skip_fraction=max_skip_fraction)
     convert_common.write_label_map_beside(output_prefix, names)
     convert_common.write_label_map_beside(output_prefix, [str(c) for c in cat_ids],
                                           SOURCE_IDS_FILE)

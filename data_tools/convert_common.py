@@ -32,6 +32,7 @@ from scdnn_tf.data.tfrecord_writer import (
     ConversionSummary,
     ShardedWriter,
 )
+from scdnn_tf.utils import files
 from scdnn_tf.utils.progress import Progress
 
 # Box skip reasons.
@@ -46,6 +47,11 @@ EXIF_APPLIED = "EXIF orientation applied (image re-encoded upright)"
 EXIF_NOT_APPLIED = ("EXIF orientation not applied (annotation size matches the stored "
                     "frame)")
 STALE_SHARD = "stale shard of this output prefix removed"
+
+# The largest fraction of all annotations that may be skipped as bad input before a
+# conversion fails (`--max_skip_fraction`): real datasets lose a few degenerate boxes,
+# while a systematic fault (a format quirk, a wrong image folder) loses far more.
+DEFAULT_MAX_SKIP_FRACTION = 0.1
 
 # Coordinates this far outside [0, 1] (float noise in annotation files) are not
 # counted as "clipped"; they are still clamped.
@@ -122,7 +128,8 @@ def _report_frame(task: ImageTask, image, frame: frames.Frame | None,
     size = f"{image.height}x{image.width}"
     if frame is None:
         h, w = task.expected_hw
-        summary.skip(SIZE_MISMATCH, f"{task.path} annotation {h}x{w} image {size}")
+        summary.skip(SIZE_MISMATCH, f"{task.path} annotation {h}x{w} image {size}",
+                     annotations=len(task.classes))
         return False
     if frame.rescaled:
         summary.note(RESCALED, f"{task.path} annotation {frame.hw[0]}x{frame.hw[1]} "
@@ -145,7 +152,7 @@ def _example_for(task: ImageTask, image: image_checks.LoadedImage, frame_hw,
     keep = []
     for i, s in enumerate(status):
         if s in (BOX_EMPTY, BOX_OUTSIDE, BOX_NONFINITE):
-            summary.skip(s, f"{names[i]} {np.round(boxes[i], 4).tolist()}")
+            summary.skip(s, f"{names[i]} {np.round(boxes[i], 4).tolist()}", annotations=1)
             continue
         if s == "clipped":
             summary.clip(names[i])
@@ -163,17 +170,21 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
                    summary: ConversionSummary, num_workers: int = 1,
                    max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
                    image_check: str = "structure",
-                   total: int | None = None, desc: str = "converting") -> list[str]:
+                   total: int | None = None, desc: str = "converting",
+                   max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> list[str]:
     """Converts `tasks` into `num_shards` TFRecord shards; returns the shard paths.
 
     Deterministic: example i of the (ordered) output goes to shard i % num_shards.
-    On any exception (including a strict-mode skip, or no image written at all) no
+    On any exception (including a strict-mode skip, no image written at all, or a
+    conversion that lost its labels: see `ConversionSummary.check_annotation_loss`) no
     final-named shard of this run is left; on success other shards of the prefix are
     removed (noted).
     """
     if image_check not in image_checks.CHECKS:
         raise ValueError(f"image_check must be one of {image_checks.CHECKS}, "
                          f"got {image_check!r}")
+    if not 0.0 <= max_skip_fraction <= 1.0:
+        raise ValueError(f"--max_skip_fraction must be in [0, 1], got {max_skip_fraction!r}")
     load = functools.partial(frames.load_framed, max_side=max_image_side, check=image_check)
 
     def arg(task):
@@ -183,7 +194,7 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
         for task, (image, frame) in ordered_map(load, tasks, num_workers, arg=arg):
             bar.update()
             if isinstance(image, image_checks.ImageProblem):
-                summary.skip(image.reason, image.detail)
+                summary.skip(image.reason, image.detail, annotations=len(task.classes))
                 continue
             if image.mode != "RGB":
                 summary.note(f"non-RGB image kept (mode {image.mode}; the input pipeline "
@@ -196,6 +207,7 @@ def run_conversion(tasks: Iterable[ImageTask], output_prefix: str, num_shards: i
         if writer.num_written == 0:
             raise ConversionError("no image was written; nothing to train on:\n"
                                   + summary.report())
+        summary.check_annotation_loss(max_skip_fraction)
     for path in writer.removed:
         summary.note(STALE_SHARD, path)
     return writer.paths
@@ -205,16 +217,20 @@ def skip_duplicates(tasks: Iterable[ImageTask], summary: ConversionSummary):
     """Yields each task whose image file was not seen before; later ones are counted skips.
 
     Two entries for one file (two ids, or a repeated id in a split list) would write the
-    same image twice; the first is written and each repeat names it.
+    same image twice; the first is written and each repeat names it. A repeat's
+    annotations count as skipped unless they are the written entry's own (a repeated id).
     """
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, int]] = {}  # file -> (written id, its annotations' hash)
     for task in tasks:
         key = os.path.normcase(os.path.abspath(task.path))
+        labels = hash((tuple(task.classes), np.asarray(task.boxes, np.float64).tobytes()))
         if key in seen:
+            first_id, first_labels = seen[key]
             summary.skip(DUPLICATE_IMAGE, f"{task.filename} (id {task.source_id}): same file "
-                                          f"as id {seen[key]}, which was written")
+                                          f"as id {first_id}, which was written",
+                         annotations=0 if labels == first_labels else len(task.classes))
             continue
-        seen[key] = task.source_id
+        seen[key] = (task.source_id, labels)
         yield task
 
 
@@ -245,7 +261,9 @@ def write_label_map_beside(output_prefix: str, names: list[str],
 
 
 def run_main(convert_fn, *args, **kwargs) -> None:
-    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.utils.cli`)."""
+    """Runs a converter from its CLI and prints its summary (errors: see `scdnn_tf.utils.cli`);
+    the output folder is checked for writability first."""
+    files.check_writable(kwargs["output_prefix"], "output_prefix")
     print(convert_fn(*args, **kwargs).report())
 
 
@@ -257,7 +275,11 @@ def define_common_flags() -> None:
     flags.DEFINE_integer("num_workers", max(1, min(8, os.cpu_count() or 1)),
                          "Worker processes that read and check images.", lower_bound=1)
     flags.DEFINE_boolean("strict", False, "Fail on the first skipped item instead of "
-                         "counting it.")
+                         "counting it (a --max_skip_fraction of 0, and more).")
+    flags.DEFINE_float("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION,
+                       "Fail when more than this fraction of all annotations is skipped as "
+                       "bad input (0..1; 1 accepts any loss). A conversion that keeps none "
+                       "of its annotations always fails.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_integer("max_image_side", image_checks.DEFAULT_MAX_SIDE,
                          "Images with a larger side (pixels) are skipped.", lower_bound=1)
     flags.DEFINE_enum("image_check", "structure", list(image_checks.CHECKS),
@@ -271,4 +293,5 @@ def common_kwargs(FLAGS) -> dict:
     """The common flags as keyword arguments of the converters' `convert(...)`."""
     return dict(output_prefix=FLAGS.output_prefix, num_shards=FLAGS.num_shards,
                 num_workers=FLAGS.num_workers, strict=FLAGS.strict,
+                max_skip_fraction=FLAGS.max_skip_fraction,
                 max_image_side=FLAGS.max_image_side, image_check=FLAGS.image_check)

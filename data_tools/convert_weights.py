@@ -15,6 +15,8 @@ from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import flags  # noqa: E402
 
+from scdnn_tf.utils import files  # noqa: E402
+
 from scdnn_tf.modeling.timm_weights import (  # noqa: F401, E402 (re-exported for scripts)
     ARCHS, convert_checkpoint, load_torch_state_dict, torch_to_keras_arrays)
 
@@ -26,6 +28,7 @@ flags.DEFINE_string("output", None, "Output by-name weights file (.weights.h5)."
 
 def main(argv):
     del argv
+    files.check_writable(FLAGS.output, "output")  # before the conversion
     convert_checkpoint(FLAGS.source, FLAGS.arch, FLAGS.output)
     print(f"wrote {FLAGS.output}")
 

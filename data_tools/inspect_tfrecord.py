@@ -25,7 +25,8 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from scdnn_tf.data import label_map as label_map_lib
-from scdnn_tf.data import record_checks, records, shards
+from scdnn_tf.utils import files as side_files
+from scdnn_tf.data import input_errors, record_checks, records, shards
 
 FLAGS = flags.FLAGS
 
@@ -69,15 +70,29 @@ def iter_examples(pattern: str):
         if problem is not None:
             raise ValueError(f"corrupt TFRecord shard {path}: {problem} after {count} records")
         try:
-            for serialized in tf.data.TFRecordDataset(path):
-                yield {k: v.numpy() for k, v in records.parse_example(serialized).items()}
+            for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
+                yield _parse(serialized, index, path)
         except tf.errors.DataLossError as e:
             raise ValueError(f"corrupt TFRecord shard {path}: {e.message}") from None
 
 
+def _parse(serialized, index: int, path: str) -> dict:
+    """`records.parse_example` as numpy; a record that cannot be read is a ValueError
+    naming the shard and the index."""
+    try:
+        parsed = records.parse_example(serialized, f" at index {index} of shard {path}")
+        return {k: v.numpy() for k, v in parsed.items()}
+    except tf.errors.InvalidArgumentError as e:
+        detail = input_errors.assertion_text(e.message) or input_errors.op_error_text(e.message)
+    except UnicodeDecodeError:  # TF's message quoted the record's undecodable bytes
+        detail = "not a tf.train.Example"
+    raise ValueError(f"record at index {index} of shard {path} cannot be read: {detail}")
+
+
 def _class_names(files: list[str], label_map: str | None) -> list[str] | None:
     if label_map:
-        return label_map_lib.read_label_map(label_map)
+        with side_files.flag_errors("label_map", label_map):
+            return label_map_lib.read_label_map(label_map)
     beside = os.path.join(os.path.dirname(files[0]), "label_map.txt")
     return label_map_lib.read_label_map(beside) if os.path.exists(beside) else None
 
@@ -168,6 +183,8 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect_tfrecord PATTERN [--draw=DIR --num=K] "
                              "[--label_map=FILE]")
+    if FLAGS.draw:
+        side_files.check_writable(FLAGS.draw, "draw", folder=True)  # before reading records
     print(format_report(inspect(argv[1], FLAGS.label_map, FLAGS.draw, FLAGS.num)))
 
 

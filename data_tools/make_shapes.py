@@ -12,6 +12,7 @@ import json  # noqa: E402
 from absl import flags  # noqa: E402
 
 from scdnn_tf.data.shapes import LAYOUTS, make_shapes  # noqa: E402
+from scdnn_tf.utils import files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +32,7 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
+    files.check_writable(FLAGS.output_dir, "output_dir", folder=True)  # before the work
     out = make_shapes(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed,
                       FLAGS.image_size, FLAGS.layout)
     print(json.dumps(out, indent=1))

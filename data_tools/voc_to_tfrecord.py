@@ -122,15 +122,15 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
         with open(xml_path, "rb") as f:
             data = f.read()
     except OSError as e:
-        summary.skip(MISSING_XML, f"{xml_path} ({e.strerror})")
+        summary.skip(MISSING_XML, f"{xml_path} ({e.strerror})", annotations=1)
         return None
     try:
         ann = parse_annotation(parse_xml_safely(data, xml_path), xml_path)
     except UnsafeXMLError as e:
-        summary.skip(UNSAFE_XML, str(e))
+        summary.skip(UNSAFE_XML, str(e), annotations=1)
         return None
     except ValueError as e:
-        summary.skip(MALFORMED_XML, str(e))
+        summary.skip(MALFORMED_XML, str(e), annotations=1)
         return None
     if ann["height"] is None:
         summary.note(NO_SIZE, xml_path)
@@ -138,10 +138,10 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
     for k, obj in enumerate(ann["objects"]):
         label = f"{xml_path} object {k} ({obj['name']})"
         if obj["name"] not in VOC_CLASSES:
-            summary.skip(UNKNOWN_CLASS, label)
+            summary.skip(UNKNOWN_CLASS, label, annotations=1)
             continue
         if obj["difficult"] and not include_difficult:
-            summary.note(DIFFICULT_LEFT_OUT, label)
+            summary.note(DIFFICULT_LEFT_OUT, label, annotations=1)
             continue
         xmin, ymin, xmax, ymax = obj["box"]
         boxes.append([ymin - 1.0, xmin - 1.0, ymax, xmax])  # 1-based inclusive -> spans
@@ -161,7 +161,9 @@ def _task(voc_dir: str, image_id: str, include_difficult: bool,
 def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards: int,
             include_difficult: bool = True, num_workers: int = 1, strict: bool = False,
             max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
-            image_check: str = "structure") -> ConversionSummary:
+            image_check: str = "structure",
+            max_skip_fraction: float = convert_common.DEFAULT_MAX_SKIP_FRACTION
+            ) -> ConversionSummary:
     """Converts one VOC split; returns the summary (`summary.paths` = shard paths)."""
     voc_dir = os.path.join(voc_root, f"VOC{year}")
     if not os.path.isdir(voc_dir):
@@ -173,8 +175,8 @@ def convert(voc_root: str, year: str, split: str, output_prefix: str, num_shards
     summary.paths = convert_common.run_conversion(
         convert_common.skip_duplicates(tasks, summary), output_prefix, num_shards, summary,
         num_workers=num_workers, max_image_side=max_image_side,
-        image_check=image_check, total=len(ids),
-        desc=f"voc{year} {split}")
+        image_check=image_check, total=len(ids), desc=f"voc{year} {split}",
+        max_skip_fraction=max_skip_fraction)
     convert_common.write_label_map_beside(output_prefix, list(VOC_CLASSES))
     return summary
 

@@ -28,6 +28,7 @@ from absl import flags
 from data_tools import convert_common, image_checks
 from scdnn_tf.data.tfrecord_writer import ConversionSummary
 from scdnn_tf.data import label_map
+from scdnn_tf.utils import files
 
 FLAGS = flags.FLAGS
 
@@ -44,11 +45,13 @@ def read_names(path: str) -> list[str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"class names file not found: {path}")
     if path.endswith((".yaml", ".yml")):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML ({e})") from None
+        try:
+            data = yaml.safe_load(files.read_text(path))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or e
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             keys = sorted(int(k) for k in names)
@@ -77,13 +80,19 @@ def _read_lines(path: str) -> list[str] | str:
         return f"{path}: cannot read ({e.strerror})"
 
 
+def _count_lines(path: str) -> int:
+    """Non-blank lines of a label file (its objects); 1 for an unreadable file."""
+    lines = _read_lines(path)
+    return 1 if isinstance(lines, str) else sum(1 for line in lines if line.strip())
+
+
 def parse_label_file(path: str, num_classes: int, summary: ConversionSummary):
     """Reads one label file -> (boxes [N, 4] normalized yxyx, classes, object names), or
     None (counted skip) when the file cannot be read as text."""
     boxes, classes, objects = [], [], []
     lines = _read_lines(path)
     if isinstance(lines, str):
-        summary.skip(BAD_LABEL_FILE, lines)
+        summary.skip(BAD_LABEL_FILE, lines, annotations=1)
         return None
     for line_no, line in enumerate(lines, 1):
         parts = line.split()
@@ -96,10 +105,11 @@ def parse_label_file(path: str, num_classes: int, summary: ConversionSummary):
             cls = int(parts[0])
             cx, cy, w, h = (float(v) for v in parts[1:])
         except ValueError as e:
-            summary.skip(BAD_LINE, f"{label} {line.strip()!r} ({e})")
+            summary.skip(BAD_LINE, f"{label} {line.strip()!r} ({e})", annotations=1)
             continue
         if not 0 <= cls < num_classes:
-            summary.skip(BAD_CLASS, f"{label} class {cls} (names has {num_classes})")
+            summary.skip(BAD_CLASS, f"{label} class {cls} (names has {num_classes})",
+                         annotations=1)
             continue
         boxes.append([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2])
         classes.append(cls)
@@ -164,12 +174,15 @@ def _tasks(image_dir, label_dir, image_files, names, summary):
 def convert(image_dir: str, label_dir: str, names: str, output_prefix: str,
             num_shards: int, num_workers: int = 1, strict: bool = False,
             max_image_side: int = image_checks.DEFAULT_MAX_SIDE,
-            image_check: str = "structure") -> ConversionSummary:
+            image_check: str = "structure",
+            max_skip_fraction: float = convert_common.DEFAULT_MAX_SKIP_FRACTION
+            ) -> ConversionSummary:
     """Converts a YOLO image/label folder pair; returns the summary."""
     for d in (image_dir, label_dir):
         if not os.path.isdir(d):
             raise FileNotFoundError(f"folder not found: {d}")
-    class_names = read_names(names)
+    with files.flag_errors("names", names):
+        class_names = read_names(names)
     convert_common.check_label_map_beside(output_prefix, class_names)
     summary = ConversionSummary(strict=strict)
     image_files = list_images(image_dir)
@@ -180,13 +193,14 @@ def convert(image_dir: str, label_dir: str, names: str, output_prefix: str,
                      f"e.g. {os.path.join(label_dir, os.path.splitext(image_files[0])[0])}.txt)")
     for label in labels:
         if label[:-4] not in stems:
-            summary.skip(LABEL_WITHOUT_IMAGE, os.path.join(label_dir, label))
+            path = os.path.join(label_dir, label)
+            summary.skip(LABEL_WITHOUT_IMAGE, path, annotations=_count_lines(path))
     image_files = _unique_stems(image_files, summary)
     summary.paths = convert_common.run_conversion(
         _tasks(image_dir, label_dir, image_files, class_names, summary), output_prefix,
         num_shards, summary, num_workers=num_workers, max_image_side=max_image_side,
-        image_check=image_check,
-        total=len(image_files), desc="yolo")
+        image_check=image_check, total=len(image_files), desc="yolo",
+        max_skip_fraction=max_skip_fraction)
     convert_common.write_label_map_beside(output_prefix, class_names)
     return summary
 

@@ -14,6 +14,7 @@ from scdnn_tf.core.precision import PRECISIONS  # noqa: E402
 from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS  # noqa: E402
 from scdnn_tf.serving.exporter import (  # noqa: E402
     export_saved_model, load_from_model_dir, read_thresholds)
+from scdnn_tf.utils import files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -37,10 +38,11 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    files.check_writable(FLAGS.export_dir, "export_dir", folder=True)  # before the work
     model, class_names, checkpoint = load_from_model_dir(FLAGS.model_dir, FLAGS.precision)
     thresholds = read_thresholds(FLAGS.thresholds, class_names) if FLAGS.thresholds else None
     path = export_saved_model(model, class_names, FLAGS.export_dir, thresholds, FLAGS.top_k,
-                              FLAGS.version, FLAGS.max_image_pixels)
+                              FLAGS.version, FLAGS.max_image_pixels, source=checkpoint)
     print(f"exported {checkpoint} to {path} ({model.dtype_policy.name})")
 
 

@@ -14,7 +14,7 @@ from scdnn_tf.utils import cli  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from scdnn_tf.core.precision import PRECISIONS  # noqa: E402
-from scdnn_tf.serving.predictor import run_prediction  # noqa: E402
+from scdnn_tf.serving.predictor import UsageError, run_prediction  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +36,7 @@ def main(argv):
         return run_prediction(argv[1:], FLAGS.saved_model, FLAGS.model_dir or "",
                               FLAGS.thresholds, FLAGS.batch_size, FLAGS.json, FLAGS.draw,
                               precision=FLAGS.precision or "")
-    except ValueError as e:
+    except UsageError as e:  # only a wrong command line shows the usage; a bad file is one line
         raise app.UsageError(str(e)) from e
 
 

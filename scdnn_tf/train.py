@@ -3,7 +3,8 @@
 Every flag mirrors a `TrainConfig` field (see `scdnn_tf/core/config.py` or `--helpfull`);
 the work is done by `scdnn_tf.engine.trainer.run_training`. Rerunning with the same
 `--model_dir` resumes from its newest intact checkpoint. Exit status: 0 done, 2 a user
-error (one line on stderr), 143 / 130 stopped by SIGTERM / SIGINT after checkpointing.
+error (one line on stderr), 75 a full disk (one line naming the checkpoint to resume from),
+143 / 130 stopped by SIGTERM / SIGINT after checkpointing.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def test_non_uniform_size_mismatch_is_skipped(tmp_path):
     files = {"a.jpg": _jpeg(32, 32), "b.jpg": _jpeg(64, 48)}
     images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
               {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48}]
-    s, exs = _coco(tmp_path, files, images, [_ann(1, [8, 4, 16, 20])])
+    s, exs = _coco(tmp_path, files, images, [_ann(1, [8, 4, 16, 20]), _ann(2, [8, 4, 16, 20], 2)],
+                   max_skip_fraction=1.0)
     assert set(exs) == {"b.jpg"}
     assert s.skip_counts() == {convert_common.SIZE_MISMATCH: 1}
     assert "a.jpg" in s.skips[convert_common.SIZE_MISMATCH][0]

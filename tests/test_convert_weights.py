@@ -9,8 +9,9 @@ import pytest
 
 from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.timm_weights import (
-    convert_checkpoint, load_torch_state_dict, torch_to_keras_arrays)
-from scdnn_tf.modeling.weights_by_name import layers_with_variables
+    DamagedCheckpointError, convert_checkpoint, load_torch_state_dict, torch_to_keras_arrays)
+from scdnn_tf.modeling.weights_by_name import (
+    check_readable, layers_with_variables, load_weights_by_name, save_weights_by_name)
 
 from helpers import randomize_batchnorm, torch_state_dict
 
@@ -88,3 +89,49 @@ def test_cli_module_is_a_thin_wrapper_over_the_library():
     from data_tools import convert_weights as cli  # noqa: PLC0415
 
     assert cli.convert_checkpoint is convert_checkpoint
+
+
+@pytest.mark.parametrize("keep", [0, 5, 0.5, -8])
+def test_damaged_safetensors_names_the_file(tmp_path, keep):
+    safetensors_numpy = _safetensors_numpy()
+    path = tmp_path / "model.safetensors"
+    safetensors_numpy.save_file({"fc.weight": np.ones((64, 32), np.float32)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(DamagedCheckpointError, match=r"model.safetensors: damaged checkpoint, "
+                                                     r"truncated or corrupt \(\d+ bytes"):
+        load_torch_state_dict(str(path))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.99])
+def test_truncated_weights_file_names_it(tmp_path, fraction):
+    model = build_resnext_classifier("small", num_classes=2)
+    path = tmp_path / "small.weights.h5"
+    save_weights_by_name(model, str(path))
+    check_readable(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ValueError, match="small.weights.h5: not a readable"):
+        check_readable(str(path))
+    with pytest.raises(ValueError, match="small.weights.h5"):
+        load_weights_by_name(build_resnext_classifier("small", num_classes=2), str(path))
+
+
+@pytest.mark.spawns
+def test_convert_weights_cli_damaged_source_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT, child_env
+
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    proc = subprocess.run([sys.executable, "-m", "data_tools.convert_weights",
+                           f"--source={source}", "--arch=resnet50_tv",
+                           f"--output={tmp_path}/o.weights.h5"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and f"{source}: damaged checkpoint" in errors[0]
+    assert not (tmp_path / "o.weights.h5").exists()

@@ -49,7 +49,8 @@ def _coco(tmp_path, files, images=None, anns=None, strict=False, categories=None
     ann_path.write_text(json.dumps({"images": images, "annotations": anns, "categories":
                                     categories or [{"id": 3, "name": "car"}]}))
     summary = coco_to_tfrecord.convert(str(ann_path), str(img_dir), str(tmp_path / "o" / "c"),
-                                       num_shards=2, num_workers=1, strict=strict)
+                                       num_shards=2, num_workers=1, strict=strict,
+                                       max_skip_fraction=1.0)
     exs = {e["filename"].decode(): e for e in iter_examples(str(tmp_path / "o" / "c-*"))}
     np.testing.assert_allclose(exs["good.jpg"]["boxes"][0], [2 / 24, 4 / 32, 12 / 24, 12 / 32],
                                atol=1e-6)  # the rest converts
@@ -165,7 +166,8 @@ _BOMB = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
 def test_bad_voc_xml_skipped(tmp_path, xml, reason, message):
     root = write_voc(str(tmp_path), {"ok": [("cat", 0, 1, 1, 9, 9)], "bad": []})
     (tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "bad.xml").write_text(xml)
-    s = voc_to_tfrecord.convert(root, "2007", "trainval", str(tmp_path / "o" / "v"), 1)
+    s = voc_to_tfrecord.convert(root, "2007", "trainval", str(tmp_path / "o" / "v"), 1,
+                                max_skip_fraction=1.0)
     assert s.skip_counts() == {reason: 1}
     assert "bad.xml" in s.skips[reason][0] and message in s.skips[reason][0]
     assert [e["source_id"] for e in iter_examples(str(tmp_path / "o" / "v-*"))] == [b"ok"]

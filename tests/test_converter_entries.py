@@ -42,6 +42,7 @@ def _coco_json(tmp_path, images=None, anns=(), categories=None, raw=None):
 
 
 def _convert(tmp_path, path, **kw):
+    kw.setdefault("max_skip_fraction", 1.0)  # tiny sets: each case is a large fraction
     s = coco_to_tfrecord.convert(path, str(tmp_path / "images"), str(tmp_path / "o" / "c"), 1,
                                  **kw)
     return s, list(iter_examples(str(tmp_path / "o" / "c-*")))
@@ -116,6 +117,7 @@ def _yolo(tmp_path, images, labels, names="car\nbus\n", **kw):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.mkdir() if data is None else p.write_bytes(data)
     (tmp_path / "names.txt").write_text(names)
+    kw.setdefault("max_skip_fraction", 1.0)
     s = yolo_to_tfrecord.convert(str(tmp_path / "img"), str(tmp_path / "lab"),
                                  str(tmp_path / "names.txt"), str(tmp_path / "o" / "y"), 1, **kw)
     return s, {e["filename"].decode(): e for e in iter_examples(str(tmp_path / "o" / "y-*"))}
@@ -158,7 +160,7 @@ def test_yolo_same_stem_written_once(tmp_path):
 
 
 def test_yolo_no_label_at_all_warns_and_strict_fails(tmp_path):
-    s, exs = _yolo(tmp_path, ["a.jpg"], {"other.txt": LINE})
+    s, exs = _yolo(tmp_path, ["a.jpg"], {"other.txt": b""})
     assert len(exs) == 1 and "no image in" in s.warnings[0] and "WARNING" in s.report()
     (tmp_path / "s").mkdir()
     with pytest.raises(ConversionError, match="no image in"):
@@ -193,11 +195,17 @@ def _records(tmp_path, objects, names=("cat", "dog")):
 
 def test_pipeline_compares_stored_names_with_label_map(tmp_path):
     pattern = _records(tmp_path, [([0], ["cat"]), ([1, 0], ["dog", "umbrella"])])
-    ok = make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"]).take(1)
+    ok = make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"],
+                      check_first=1).take(1)
     assert len(list(ok)) == 1
+    with pytest.raises(ValueError, match="record 1.jpg .*at index 1 of shard .*r-00000-of-00001"
+                                         ".*class 0 stored as 'umbrella' but the label map "
+                                         "names it 'cat'"):
+        make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"])
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="(?s)record 1.jpg.*umbrella.*label map names them.*cat"):
-        list(make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"]))
+        list(make_dataset(pattern, 2, 16, 1, training=False, class_names=["cat", "dog"],
+                          check_first=1))
 
 
 def test_inspect_compares_stored_names_with_label_map(tmp_path):

@@ -18,7 +18,7 @@ from scdnn_tf.core.config import TrainConfig
 from scdnn_tf.modeling import hub_weights
 from scdnn_tf.modeling.backbones import build_backbone, build_resnext_classifier
 from scdnn_tf.modeling.timm_weights import convert_checkpoint
-from scdnn_tf.modeling.weights_by_name import layers_with_variables
+from scdnn_tf.modeling.weights_by_name import check_readable, layers_with_variables
 from helpers import randomize_batchnorm, torch_state_dict
 
 pytest.importorskip("huggingface_hub", reason="pip install 'scdnn_tf[hub]'")
@@ -171,6 +171,53 @@ def test_conversion_is_cached_reused_and_leaves_the_seed_stream_alone(
     # A pinned commit whose conversion is cached needs no hub call at all.
     monkeypatch.setattr("huggingface_hub.hf_hub_download", no_conversion)
     assert hub_weights.resolve_hub_weights(f"{SPEC}@{COMMIT}", "resnet50_tv") == path
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.6])
+def test_truncated_checkpoint_in_the_offline_cache_names_it_and_what_to_do(
+        offline_hub, checkpoint, keep):
+    payload = checkpoint[0]
+    snapshot = write_hf_cache(offline_hub, REPO, payload[: int(len(payload) * keep)
+                                                       if isinstance(keep, float) else keep])
+    blob = os.path.realpath(snapshot)
+    with pytest.raises(hub_weights.HubWeightsError) as e:
+        hub_weights.resolve_hub_weights(SPEC, "resnet50_tv")
+    message = str(e.value)
+    assert "\n" not in message and isinstance(e.value, OSError)  # the CLIs: one line, exit 2
+    assert snapshot in message and blob in message and "truncated or corrupt" in message
+    assert f"replace {blob} with an intact copy of model.safetensors of {REPO}@{COMMIT}" in message
+    assert f"hf download {REPO} model.safetensors --revision={COMMIT}" in message
+    folder = os.path.dirname(hub_weights.converted_path(REPO, COMMIT, "resnet50_tv"))
+    assert os.listdir(folder) == []  # nothing cached
+
+
+def test_damaged_download_online_says_download_again(checkpoint, tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(checkpoint[0][:50])
+    from scdnn_tf.modeling.timm_weights import DamagedCheckpointError, load_torch_state_dict
+    with pytest.raises(DamagedCheckpointError) as e:
+        load_torch_state_dict(str(path))
+    message = hub_weights.damaged_download_message(REPO, COMMIT, str(path), e.value)
+    assert f"delete {path} and run again to download it anew" in message
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_damaged_conversion_is_rebuilt_with_a_warning(offline_hub, checkpoint, caplog, pinned):
+    write_hf_cache(offline_hub, REPO, checkpoint[0])
+    path = hub_weights.resolve_hub_weights(SPEC, "resnet50_tv")
+    intact = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(intact[: len(intact) // 3])
+    spec = f"{SPEC}@{COMMIT}" if pinned else SPEC
+    with caplog.at_level("WARNING"):
+        assert hub_weights.resolve_hub_weights(spec, "resnet50_tv") == path
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and path in warnings[0] and "converted again" in warnings[0]
+    check_readable(path)
+    assert os.path.getsize(path) == len(intact)
+    assert sorted(os.listdir(os.path.dirname(path))) == ["resnet50_tv.weights.h5"]
 
 
 def test_checkpoint_of_another_architecture_fails_and_caches_nothing(offline_hub, checkpoint):

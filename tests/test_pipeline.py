@@ -134,11 +134,16 @@ def test_model_garden_ids_with_class_id_map(tmp_path):
                             class_id_map={1: 0, 2: 1, 90: 2}))
     np.testing.assert_array_equal(out["labels"], [[1, 0, 1]])
     np.testing.assert_array_equal(out["box_classes"][0, :3], [0, 2, -1])
+    with pytest.raises(ValueError, match=r"class ids not in class_id_map: \[90\] in record .*"
+                                         r"at index 0 of shard .*mg.tfrecord"):
+        make_dataset(str(tmp_path / "mg.tfrecord"), 3, 16, 1, training=False, class_id_map={1: 0})
     with pytest.raises(tf.errors.InvalidArgumentError, match="not in class_id_map"):
         _all(make_dataset(str(tmp_path / "mg.tfrecord"), 3, 16, 1, training=False,
-                          class_id_map={1: 0}))
+                          class_id_map={1: 0}, check_first=0))
+    with pytest.raises(ValueError, match=r"outside 0\.\.2 \(num_classes=3\): \[90\]"):
+        make_dataset(str(tmp_path / "mg.tfrecord"), 3, 16, 1, training=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)outside 0\.\.2.*90"):
-        _all(make_dataset(str(tmp_path / "mg.tfrecord"), 3, 16, 1, training=False))
+        _all(make_dataset(str(tmp_path / "mg.tfrecord"), 3, 16, 1, training=False, check_first=0))
 
 
 def test_no_match_names_pattern(tmp_path):

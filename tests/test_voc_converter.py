@@ -42,8 +42,10 @@ def test_difficult_left_out_on_request(tmp_path):
 
 
 def test_unknown_class_counted(tmp_path):
-    root = write_voc(str(tmp_path), {"a": [("unicorn", 0, 1, 1, 10, 10)]})
-    s = voc_to_tfrecord.convert(root, "2007", "trainval", str(tmp_path / "o" / "v"), 1)
+    root = write_voc(str(tmp_path), {"a": [("unicorn", 0, 1, 1, 10, 10),
+                                           ("cat", 0, 1, 1, 10, 10)]})
+    s = voc_to_tfrecord.convert(root, "2007", "trainval", str(tmp_path / "o" / "v"), 1,
+                                max_skip_fraction=1.0)
     assert s.skip_counts() == {voc_to_tfrecord.UNKNOWN_CLASS: 1}
     assert s.images_written == 1
 

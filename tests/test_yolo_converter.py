@@ -62,7 +62,8 @@ def test_bad_lines_and_classes_counted(tmp_path):
         "0 0.5 0.5 0.5 0.5\n1 0.5 0.5\n7 0.5 0.5 0.1 0.1\n1 0.9 0.5 0.4 0.2\n")
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     s = yolo_to_tfrecord.convert(str(tmp_path / "img"), str(tmp_path / "lab"),
-                                 str(tmp_path / "names.txt"), str(tmp_path / "out" / "y"), 1)
+                                 str(tmp_path / "names.txt"), str(tmp_path / "out" / "y"), 1,
+                                 max_skip_fraction=1.0)
     assert s.skip_counts() == {yolo_to_tfrecord.BAD_LINE: 1, yolo_to_tfrecord.BAD_CLASS: 1}
     assert len(s.clipped) == 1  # the box centred at x=0.9, width 0.4
     (ex,) = iter_examples(str(tmp_path / "out" / "y-*"))

@@ -7,11 +7,17 @@ import keras
 import tensorflow as tf
 
 from scdnn_tf.core.config import TrainConfig
+from scdnn_tf.modeling.hub_weights import is_hub_spec
+from scdnn_tf.modeling.weights_by_name import check_readable
+from scdnn_tf.utils import files
 
 
 def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bool = True):
     """The network named by `--model`, built (variables created) in the current scope."""
     weights = (config.backbone_weights or None) if load_backbone_weights else None
+    if weights and weights != "imagenet" and not is_hub_spec(weights):
+        with files.flag_errors("backbone_weights", weights):  # a damaged file, named early
+            check_readable(weights, by_name=False)
     common = dict(backbone=config.backbone, backbone_weights=weights,
                   image_size=config.image_size, freeze_bn=config.freeze_bn,
                   freeze_stages=config.freeze_stages)

@@ -12,17 +12,27 @@ between runs (`--freeze_stages`) or the optimizer gains a loss-scale wrapper
 `ckpt-N` named by the `checkpoint` state file or present on disk is a candidate, newest
 first; a damaged one (missing `.index` or data shard, truncated data) is reported with its
 reason and moved into `model_dir/damaged/` so that no later save writes over it.
+
+`disk_full_guard(model_dir, step)` turns a full disk met while a run writes into
+model_dir (a checkpoint save, event files, the run's side files) into one
+`files.DiskFullError` naming model_dir, the step and the newest good checkpoint to
+resume from, after removing what the interrupted save left (`ckpt-N_temp*`, a partial
+`ckpt-N`, temporaries of the `checkpoint` state file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from scdnn_tf.utils import files
 
 _CKPT = re.compile(r"^ckpt-(\d+)(?:\.index|\.data-\d+-of-\d+)$")
 DAMAGED_DIR = "damaged"
@@ -217,6 +227,65 @@ def _assign(variable, value: np.ndarray, prefix: str) -> None:
         raise CheckpointError(f"{prefix}: {variable.path!r} has shape {tuple(value.shape)} in "
                               f"the checkpoint but {tuple(variable.shape)} in the model")
     variable.assign(value.astype(variable.dtype))
+
+
+def remove_partial_saves(model_dir: str, step: int | None = None) -> list[str]:
+    """Removes what an interrupted save leaves in model_dir; returns the removed paths.
+
+    `ckpt-N_temp*` (TensorFlow's staging of a save), temporaries of the `checkpoint`
+    state file, and, with `step`, a `ckpt-<step>` that does not read completely.
+    """
+    removed = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*_temp*"))
+                       + tf.io.gfile.glob(os.path.join(model_dir, "checkpoint.tmp*"))):
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        removed.append(path)
+    prefix = os.path.join(model_dir, f"ckpt-{step}")
+    if step is not None and tf.io.gfile.glob(prefix + ".*") and damage(prefix) is not None:
+        for path in tf.io.gfile.glob(prefix + ".*"):
+            tf.io.gfile.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _failed_file(error: BaseException) -> str:
+    name = getattr(error, "filename", None)
+    if name:
+        return str(name)
+    match = re.search(r"(/[^;\s\]]+)", getattr(error, "message", None) or str(error))
+    return match.group(1) if match else "a file"
+
+
+@contextlib.contextmanager
+def disk_full_guard(model_dir: str, step=None):
+    """Re-raises a full disk met inside the block as `files.DiskFullError`.
+
+    Args:
+      model_dir: the run's folder (named, cleaned of partial saves, searched for the
+        newest good checkpoint).
+      step: callable giving the current global step, or None (before training starts).
+    """
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, files.DiskFullError) or not files.is_disk_full(e):
+            raise  # an inner guard's report, or no disk problem
+        at = step() if step is not None else None
+        removed = remove_partial_saves(model_dir, at)
+        try:
+            newest = find_restorable(model_dir, move_damaged=False)
+        except CheckpointError:
+            newest = None
+        resume = (f"the newest good checkpoint is {newest} (step {checkpoint_step(newest)}): "
+                  "free space and run the same command again to resume from it"
+                  if newest else "no checkpoint was written yet: free space and run the same "
+                  "command again to start the run")
+        where = f" at step {at}" if at is not None else ""
+        cleaned = f"; removed the partial {', '.join(os.path.basename(p) for p in removed)}" \
+            if removed else ""
+        raise files.DiskFullError(
+            f"no space left on device in --model_dir={model_dir}{where} (writing "
+            f"{_failed_file(e)}){cleaned}; {resume}") from e
 
 
 def keep_list(model_dir: str, restored: str | None) -> list[str]:

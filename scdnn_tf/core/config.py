@@ -22,6 +22,7 @@ from scdnn_tf.modeling.backbones import BACKBONE_NAMES, KERAS_IMAGENET_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
 from scdnn_tf.modeling.relation import RELATIONS
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
+from scdnn_tf.utils import files
 
 MODELS = ("scdnn", "baseline")
 OPTIMIZERS = ("sgd", "adamw")
@@ -30,14 +31,6 @@ STRATEGIES = ("mirrored", "multi_worker_mirrored", "one_device")
 ARCHITECTURE_FIELDS = ("model", "backbone", "image_size", "fpn_channels", "fc_units",
                        "min_level", "anchor_sizes", "aspect_ratios", "branches", "relation",
                        "relation_layers", "context_scales", "global_patch")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    # A kill mid-write must not leave a truncated config.json that breaks the resume.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _field(default, help_text, choices=None):
@@ -231,11 +224,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Builds a config from `to_dict()` output; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """Builds a config from `to_dict()` output; an unknown key or a value of the wrong
+        type (e.g. `"image_size": "448"`) is an error naming it."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(defaults))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
+        for key, value in values.items():
+            if not _same_kind(value, defaults[key]):
+                raise ValueError(f"{key!r} is {value!r}, not a value of its kind "
+                                 f"({type(defaults[key]).__name__}, like {defaults[key]!r})")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def write(self, model_dir: str) -> None:
@@ -249,18 +247,43 @@ class TrainConfig:
                 lines.append(f"--{key}={','.join(str(v) for v in value)}")
             else:
                 lines.append(f"--{key}={value}")
-        _write_atomic(os.path.join(model_dir, "flags.txt"), "\n".join(lines) + "\n")
-        _write_atomic(os.path.join(model_dir, "config.json"),
-                      json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        # Whole files: a kill or a full disk never leaves a truncated config.json.
+        files.write_atomically(os.path.join(model_dir, "flags.txt"), "\n".join(lines) + "\n")
+        files.write_atomically(os.path.join(model_dir, "config.json"),
+                               json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def read(cls, model_dir: str) -> "TrainConfig":
-        """Reads `config.json` from a model_dir written by `write`."""
+        """Reads `config.json` from a model_dir written by `write`; a damaged file is a
+        ValueError naming --model_dir, the file and the position."""
         path = os.path.join(model_dir, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model_dir?")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        with files.flag_errors("model_dir", model_dir):
+            values = files.read_json(path)
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: expected a JSON object of flag values, got "
+                                 f"{type(values).__name__}")
+            try:
+                return cls.from_dict(values)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}: {e}") from None
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a config.json value fits the field whose default is `default`."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return number(value)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(number(v) for v in value)
+    return isinstance(value, type(default))
 
 
 def parse_profile_steps(value: str) -> tuple[int, int] | None:

@@ -122,7 +122,9 @@ def _pad(tensor, size, value):
 def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
                     color_jitter=False, scale_range=(0.5, 1.0), class_id_map=None,
                     class_names=None, truncation=None):
-    """Returns fn(serialized, seed [2]) -> one unbatched example dict (see module doc).
+    """Returns fn(serialized, seed [2], context="") -> one unbatched example dict (see
+    module doc); `context` (e.g. " at index 7 of shard PATH") is added to every message
+    naming the record.
 
     `class_names` (the label map) checks each record's stored class names;
     `truncation` (a `record_checks.TruncationCounter`) counts max_boxes truncation.
@@ -135,9 +137,9 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
     do_augment = training and augment
     names = record_checks.label_map_tensor(class_names)
 
-    def fn(serialized, seed):
-        ex = records.parse_example(serialized)
-        where = tf.strings.join(["record ", ex["filename"], " (source_id ", ex["source_id"], ")"])
+    def fn(serialized, seed, context=None):
+        ex = records.parse_example(serialized, "" if context is None else context)
+        where = ex["where"]
         classes = map_ids(ex["classes"], where)
         if names is not None:
             classes = record_checks.check_class_texts(classes, ex["class_texts"], names, where)
@@ -176,11 +178,20 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
     return fn
 
 
+def _named_records(path, count, skip_corrupt, stats) -> tf.data.Dataset:
+    """(record, " at index I of shard PATH") pairs of one shard: every message about a
+    record names the file it came from."""
+    return shards.shard_dataset(path, count, skip_corrupt, stats).enumerate().map(
+        lambda index, record: (record, tf.strings.join(
+            [" at index ", tf.strings.as_string(index), " of shard ", path])))
+
+
 def make_dataset(file_pattern, num_classes, image_size, batch_size, training, max_boxes=100,
                  shuffle_buffer=1024, augment=True, color_jitter=False, scale_range=(0.5, 1.0),
                  class_id_map=None, skip_corrupt=False, seed=None, repeat=None,
                  drop_remainder=None, num_parallel_calls=AUTOTUNE, input_context=None,
-                 stats=None, class_names=None, truncation=None) -> tf.data.Dataset:
+                 stats=None, class_names=None, truncation=None,
+                 check_first: int = 4) -> tf.data.Dataset:
     """Builds the batched dataset (dict of tensors, see the module docstring).
 
     Args:
@@ -210,9 +221,19 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
         naming the record and both names.
       truncation: optional `record_checks.TruncationCounter` counting examples with more
         than `max_boxes` target boxes.
+      check_first: records at the start of each shard checked in Python when the
+        dataset is built (`record_checks.check_first_records`: class range, names, list
+        lengths; a ValueError naming record and shard); 0 skips it. Every record is still
+        checked inside the pipeline as it is read.
 
     Returns:
       A `tf.data.Dataset` of batch dicts.
+
+    Raises:
+      ValueError: no shard, no record, a damaged shard (without `skip_corrupt`), or one
+        of the first records failing a check. While iterating, a record failing a check
+        raises `tf.errors.InvalidArgumentError` whose message names the record and its
+        shard (`input_errors.input_errors` turns it into one line).
     """
     files = list_shards(file_pattern)
     repeat = training if repeat is None else repeat
@@ -231,6 +252,9 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
                 stats.scan_skips[path] = problem
         counts.append(count)
     _require_records(file_pattern, files, counts)
+    if check_first:
+        record_checks.check_first_records(files, num_classes, class_names, class_id_map,
+                                          per_shard=check_first)
 
     pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -247,7 +271,7 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
     if repeat:
         ds = ds.repeat()
     ds = ds.interleave(
-        lambda path, count: shards.shard_dataset(path, count, skip_corrupt, stats),
+        lambda path, count: _named_records(path, count, skip_corrupt, stats),
         cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=num_parallel_calls,
         deterministic=deterministic)
     if pipelines > 1 and not shard_files:
@@ -259,7 +283,8 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
     example_fn = make_example_fn(num_classes, image_size, max_boxes, training, augment,
                                  color_jitter, scale_range, class_id_map, class_names,
                                  truncation)
-    ds = tf.data.Dataset.zip(ds, seeds).map(example_fn, num_parallel_calls=num_parallel_calls,
-                                            deterministic=deterministic)
+    ds = tf.data.Dataset.zip(ds, seeds).map(
+        lambda record, seed: example_fn(record[0], seed, record[1]),
+        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(AUTOTUNE)

@@ -121,12 +121,15 @@ def build_example(
 
 
 @functools.cache
-def _features() -> dict:
-    # Only `image/encoded` is required: records from other tools (e.g. TF Model Garden's
-    # create_coco_tf_record, which has no `image/class/label` or `difficult`) still parse.
+def _features(image_required: bool = True) -> dict:
+    # Only `image/encoded` may be required: records from other tools (e.g. TF Model
+    # Garden's create_coco_tf_record, which has no `image/class/label` or `difficult`)
+    # still parse. Without `image_required`, a record lacking it parses with empty bytes
+    # (the image check then names the record).
     import tensorflow as tf  # noqa: PLC0415 (writers never need it)
+    encoded = ({} if image_required else {"default_value": b""})
     return {
-        ENCODED: tf.io.FixedLenFeature([], tf.string),
+        ENCODED: tf.io.FixedLenFeature([], tf.string, **encoded),
         FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
         HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
@@ -144,20 +147,40 @@ def _features() -> dict:
     }
 
 
-def parse_example(serialized) -> dict:
+def parse_example(serialized, context=None) -> dict:
     """Parses one serialized Example into dense tensors.
 
-    Returns a dict with: `encoded` (string scalar), `format`, `filename`, `source_id`,
-    `height`, `width` (int32 scalars, 0 if absent), `boxes` [N, 4] float32 normalized
-    yxyx, `classes` [N] int32, `class_texts` [N] string, `is_crowd` [N] int32,
+    Args:
+      serialized: scalar string, the record.
+      context: optional scalar string appended to the record's name in messages (e.g.
+        " at index 7 of shard /data/train-00000-of-00008.tfrecord"). When given, the
+        per-object lists are checked to agree in length (an error naming the record) and
+        a missing `image/encoded` parses as empty bytes (for the image check to name);
+        without it, a missing `image/encoded` is a parse error.
+
+    Returns a dict with: `encoded` (string scalar, empty if absent), `format`, `filename`,
+    `source_id`, `height`, `width` (int32 scalars, 0 if absent), `boxes` [N, 4] float32
+    normalized yxyx, `classes` [N] int32, `class_texts` [N] string, `is_crowd` [N] int32,
     `difficult` [N] int32 (zeros if absent), `image_labels` [K] int32 (empty if absent;
-    the pipeline then derives labels from `classes`).
+    the pipeline then derives labels from `classes`), and `where`, the record named for
+    messages ("record NAME (source_id ID)" + `context`).
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    f = tf.io.parse_single_example(serialized, _features())
+    f = tf.io.parse_single_example(serialized, _features(image_required=context is None))
     dense = {k: tf.sparse.to_dense(v) for k, v in f.items() if isinstance(v, tf.SparseTensor)}
-    boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=-1)
+    where = tf.strings.join(["record ", f[FILENAME], " (source_id ", f[SOURCE_ID], ")",
+                             "" if context is None else context])
+    coords = [dense[k] for k in (YMIN, XMIN, YMAX, XMAX)]
+    if context is not None:
+        sizes = tf.stack([tf.size(t) for t in (*coords, dense[OBJECT_LABEL])])
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(sizes, sizes[0])),
+            ["per-object lists of", where, "disagree in length (ymin, xmin, ymax, xmax, "
+             "class/label):", sizes], summarize=5)
+        with tf.control_dependencies([check]):
+            coords = [tf.identity(t) for t in coords]
+    boxes = tf.stack(coords, axis=-1)
     n = tf.shape(boxes)[0]
     classes = tf.cast(dense[OBJECT_LABEL], tf.int32)
 
@@ -178,4 +201,5 @@ def parse_example(serialized) -> dict:
         "is_crowd": flag(IS_CROWD),
         "difficult": flag(DIFFICULT),
         "image_labels": tf.cast(dense[IMAGE_LABEL], tf.int32),
+        "where": where,
     }

@@ -7,7 +7,9 @@ failed run never leaves a file that looks like a complete shard, and a glob such
 
 `ConversionSummary` counts what was written and everything that was not, by reason,
 with the offending items listed, so a user can see at the end of a run exactly which
-files or annotations were dropped and why.
+files or annotations were dropped and why. It also counts the annotations (objects)
+each skip or omission lost, so a conversion that lost too many of its labels fails
+(`check_annotation_loss`) instead of writing images without them.
 """
 
 from __future__ import annotations
@@ -160,6 +162,11 @@ class ConversionSummary:
         Never fatal, even under `strict`.
       * `warn(message)`: a dataset-level problem that is not one item (e.g. no image
         has a label file). Raises `ConversionError` under `strict`.
+
+    `skip` and `note` take the number of annotations the event lost (`annotations=`):
+    one for a dropped box or annotation entry, all of an image's objects for a dropped
+    image, one for an annotation file whose objects are unknown (unreadable). Every
+    annotation read ends up written (`objects_written`), skipped or left out.
     """
 
     def __init__(self, strict: bool = False, max_listed: int = 10):
@@ -172,15 +179,21 @@ class ConversionSummary:
         self.clipped: list[str] = []
         self.warnings: list[str] = []
         self.paths: list[str] = []  # output files, filled in by the converter
+        # Annotations lost, by reason: skipped (bad input) and left out (by option).
+        self.annotations_skipped: collections.Counter = collections.Counter()
+        self.annotations_left_out: collections.Counter = collections.Counter()
 
     def add_written(self, num_objects: int) -> None:
         """Records one written image with `num_objects` boxes."""
         self.images_written += 1
         self.objects_written += int(num_objects)
 
-    def skip(self, reason: str, item: str) -> None:
-        """Records a dropped item; raises `ConversionError` in strict mode."""
+    def skip(self, reason: str, item: str, annotations: int = 0) -> None:
+        """Records a dropped item (losing `annotations` objects); raises
+        `ConversionError` in strict mode."""
         self.skips[reason].append(str(item))
+        if annotations:
+            self.annotations_skipped[reason] += int(annotations)
         if self.strict:
             raise ConversionError(f"--strict: {reason}: {item}")
 
@@ -194,13 +207,53 @@ class ConversionSummary:
         """Records a box that was clipped to the image."""
         self.clipped.append(str(item))
 
-    def note(self, reason: str, item: str) -> None:
-        """Records a non-error event (never fatal)."""
+    def note(self, reason: str, item: str, annotations: int = 0) -> None:
+        """Records a non-error event (never fatal), e.g. `annotations` objects left out
+        by option."""
         self.notes[reason].append(str(item))
+        if annotations:
+            self.annotations_left_out[reason] += int(annotations)
 
     @property
     def num_skipped(self) -> int:
         return sum(len(v) for v in self.skips.values())
+
+    @property
+    def annotations_total(self) -> int:
+        """Annotations read: written, skipped or left out."""
+        return (self.objects_written + sum(self.annotations_skipped.values())
+                + sum(self.annotations_left_out.values()))
+
+    def _top_reasons(self, counts: collections.Counter, limit: int = 3) -> str:
+        parts = []
+        for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]:
+            items = self.skips.get(reason) or self.notes.get(reason) or [""]
+            parts.append(f"{reason}: {n} (e.g. {items[0]})")
+        return "; ".join(parts)
+
+    def check_annotation_loss(self, max_skip_fraction: float) -> None:
+        """Raises `ConversionError` when the conversion lost its labels.
+
+        Fails when annotations were read and none was written (whatever the reason,
+        including options that leave objects out), or when the skipped fraction of all
+        annotations exceeds `max_skip_fraction` (0 = any skip fails, 1 = only the
+        none-kept rule). The message gives the counts and the top reasons with an item.
+        """
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction!r}")
+        total = self.annotations_total
+        lost = sum(self.annotations_skipped.values())
+        if total and not self.objects_written:
+            raise ConversionError(
+                f"none of the {total} annotations was kept, so the records would carry no "
+                "labels; top reasons: "
+                + self._top_reasons(self.annotations_skipped + self.annotations_left_out))
+        if total and lost / total > max_skip_fraction:
+            raise ConversionError(
+                f"{lost} of {total} annotations were skipped ({lost / total:.1%}), more than "
+                f"--max_skip_fraction={max_skip_fraction:g}; top reasons: "
+                f"{self._top_reasons(self.annotations_skipped)}. Fix the input, or raise "
+                "--max_skip_fraction to accept the loss")
 
     def skip_counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in sorted(self.skips.items())}
@@ -222,7 +275,9 @@ class ConversionSummary:
         """Printable multi-line summary of the run."""
         lines = [f"images written: {self.images_written}",
                  f"objects written: {self.objects_written}",
-                 f"items skipped: {self.num_skipped}"]
+                 f"items skipped: {self.num_skipped}",
+                 f"annotations skipped: {sum(self.annotations_skipped.values())} of "
+                 f"{self.annotations_total}"]
         lines += self._section("skipped,", sorted(self.skips.items()))
         if self.clipped:
             lines += self._section("", [("boxes clipped to the image", self.clipped)])
@@ -236,6 +291,8 @@ class ConversionSummary:
             "images_written": self.images_written,
             "objects_written": self.objects_written,
             "skipped": self.skip_counts(),
+            "annotations_total": self.annotations_total,
+            "annotations_skipped": dict(sorted(self.annotations_skipped.items())),
             "boxes_clipped": len(self.clipped),
             "notes": {k: len(v) for k, v in sorted(self.notes.items())},
             "warnings": list(self.warnings),

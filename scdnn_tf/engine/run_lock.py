@@ -74,8 +74,13 @@ def acquire(model_dir: str) -> str:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise PermissionError(f"cannot create {path}: {e.strerror}") from None
             raise
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{me[0]} {me[1]}\n")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{me[0]} {me[1]}\n")
+        except OSError:  # e.g. a full disk: an empty lock would block the next run
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise
         return path
     raise LockedError(f"could not take {path}: other runs keep creating it")
 

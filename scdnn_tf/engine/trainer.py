@@ -42,7 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.engine import callbacks as callbacks_lib
-from scdnn_tf.core import init_from, restore
+from scdnn_tf.core import checkpoints, init_from, restore
 from scdnn_tf.core.strategy import make_strategy, worker_write_dir
 from scdnn_tf.evaluation import evaluator
 from scdnn_tf.engine import preemption
@@ -51,9 +51,11 @@ from scdnn_tf.engine import summaries
 from scdnn_tf.engine import loop
 from scdnn_tf.evaluation import visualize
 from scdnn_tf.data import record_checks, shapes
+from scdnn_tf.data.input_errors import input_errors
 from scdnn_tf.data.label_map import read_class_id_map, read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
 from scdnn_tf.core.config import ARCHITECTURE_FIELDS, TrainConfig
+from scdnn_tf.utils import files
 
 
 def _train_dataset(config, class_names, strategy, seed, truncation=None):
@@ -72,17 +74,27 @@ def _train_dataset(config, class_names, strategy, seed, truncation=None):
 
 
 def prepare_inputs(config: TrainConfig) -> list[str]:
-    """Generates demo data if asked, validates the flags and the label / class-id maps.
+    """Generates demo data if asked, validates the flags and the label / class-id maps, and
+    checks the first records of every shard against them (before any model is built).
     Returns the class names."""
     if config.demo_data_dir and not tf.io.gfile.glob(config.train_pattern):
+        files.check_writable(config.demo_data_dir, "demo_data_dir", folder=True)
         logging.info("generating the synthetic shapes dataset in %s", config.demo_data_dir)
         shapes.ensure_shapes_dataset(config.demo_data_dir)
     config.validate()
-    class_names = read_label_map(config.label_map)
-    id_map = read_class_id_map(config.class_id_map)
+    with files.flag_errors("label_map", config.label_map):
+        class_names = read_label_map(config.label_map)
+    with files.flag_errors("class_id_map", config.class_id_map):
+        id_map = read_class_id_map(config.class_id_map)
     if id_map is not None and len(id_map) != len(class_names):
         raise ValueError(f"--class_id_map={config.class_id_map!r} has {len(id_map)} ids but "
                          f"--label_map={config.label_map!r} has {len(class_names)} classes")
+    for flag in ("train_pattern", "eval_pattern"):
+        pattern = getattr(config, flag)
+        if pattern:
+            with files.flag_errors(flag, pattern):
+                record_checks.check_first_records(sorted(tf.io.gfile.glob(pattern)),
+                                                  len(class_names), class_names, id_map)
     return class_names
 
 
@@ -129,11 +141,13 @@ def make_evaluate_fn(config, model, strategy, class_names, writer):
     predictor = evaluator.Predictor(model, strategy, config.global_batch_size)
 
     def evaluate_fn(step: int) -> dict:
-        predictions = predictor.predict_dataset(dataset)
+        with input_errors(f"--eval_pattern={config.eval_pattern}"):
+            predictions = predictor.predict_dataset(dataset)
+            samples = (predictor.sample_outputs(dataset, config.num_eval_images)
+                       if config.num_eval_images else None)
         metrics = evaluator.compute_metrics(predictions, config.eval_threshold)
         drawn = None
-        if config.num_eval_images:
-            samples = predictor.sample_outputs(dataset, config.num_eval_images)
+        if samples is not None:
             if "patch_boxes" in samples:
                 scale = max(1, 256 // config.image_size)
                 drawn = visualize.draw_batch(samples["image"], samples, class_names, scale=scale)
@@ -165,8 +179,11 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
         raise ValueError(f"--global_batch_size={config.global_batch_size} is not divisible by "
                          f"the {replicas} replicas of --strategy={config.strategy}")
     class_names = prepare_inputs(config)
+    if chief:
+        files.check_writable(config.model_dir, "model_dir", folder=True)
     try:
-        with run_lock.locked(config.model_dir, enabled=chief):
+        with checkpoints.disk_full_guard(config.model_dir), \
+                run_lock.locked(config.model_dir, enabled=chief):
             if chief:  # the others read nothing half-written: the chief checks and writes
                 check_and_write_run_files(config, class_names)
             return _train(config, strategy, class_names, write_dir, extra_callbacks)
@@ -176,15 +193,23 @@ def run_training(config: TrainConfig, extra_callbacks=()) -> dict:
 
 
 def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
-    replicas = strategy.num_replicas_in_sync
     model, manager, restored = restore.build_and_restore(config, len(class_names), strategy,
-                                                 save_dir=write_dir)
+                                                         save_dir=write_dir)
     if config.init_from and restored:
         logging.info("--init_from=%s ignored: the run resumes from its own checkpoint %s",
                      config.init_from, restored)
     elif config.init_from:
         with strategy.scope():
             init_from.initialize(model, config.init_from, class_names)
+    # A full disk (checkpoint, event files, side files): one line, partial saves removed.
+    with checkpoints.disk_full_guard(write_dir, lambda: callbacks_lib.global_step(model)):
+        return _train_model(config, strategy, class_names, write_dir, extra_callbacks, model,
+                            manager)
+
+
+def _train_model(config, strategy, class_names, write_dir, extra_callbacks, model,
+                 manager) -> dict:
+    replicas = strategy.num_replicas_in_sync
     step = callbacks_lib.global_step(model)
     logging.info("%s: %d replicas, %s params, starting at step %d of %d", config.model, replicas,
                  f"{model.count_params():,}", step, config.train_steps)
@@ -222,9 +247,9 @@ def _train(config, strategy, class_names, write_dir, extra_callbacks) -> dict:
     callbacks.extend(extra_callbacks)
     truncation = record_checks.TruncationCounter()  # outside strategy.scope(): plain variables
     dataset = _train_dataset(config, class_names, strategy, config.seed + step, truncation)
-    with watcher:
+    with watcher, input_errors(f"--train_pattern={config.train_pattern}"):
         loop.train_loop(model, strategy, dataset, callbacks, start_step=step,
-                              steps_per_epoch=config.eval_every, jit_compile=config.jit_compile)
+                        steps_per_epoch=config.eval_every, jit_compile=config.jit_compile)
     truncation.log(config.max_boxes)  # once per run: how many examples lost box targets
     train_writer.flush()
     if stopper.stopped is not None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 
-import json
-
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -25,7 +23,9 @@ from scdnn_tf.core import restore
 from scdnn_tf.core.strategy import make_strategy
 from scdnn_tf.data.label_map import read_label_map
 from scdnn_tf.data.label_map import read_class_id_map
+from scdnn_tf.data.input_errors import input_errors
 from scdnn_tf.data.pipeline import count_records, make_dataset
+from scdnn_tf.utils import files
 from scdnn_tf.utils.progress import Progress
 from scdnn_tf.core.config import TrainConfig
 from scdnn_tf.core.precision import fold_old_flag
@@ -159,14 +159,13 @@ def metrics_to_json(metrics: dict, class_names) -> dict:
 
 
 def write_thresholds(path: str, predictions: dict, class_names) -> np.ndarray:
-    """Writes per-class F1-maximizing thresholds as json {"classes", "thresholds"}."""
+    """Writes per-class F1-maximizing thresholds as json {"classes", "thresholds"} (whole:
+    a failed write leaves no partial file)."""
     thresholds = metrics_lib.per_class_best_thresholds(
         predictions["labels"], predictions["logits"], predictions["label_weights"],
         from_logits=True)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"classes": list(class_names), "thresholds": [float(t) for t in thresholds]},
-                  f, indent=2)
+    files.write_json(path, {"classes": list(class_names),
+                            "thresholds": [float(t) for t in thresholds]})
     return thresholds
 
 
@@ -185,7 +184,10 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
       the metrics dict (also written to `model_dir/metrics.json`).
 
     Raises:
-      ValueError / FileNotFoundError: no checkpoint, no eval pattern, bad override.
+      ValueError / FileNotFoundError: no checkpoint, no eval pattern, bad override, a
+        malformed side file or a record failing a check (named), an output that cannot
+        be written (checked before the model is built).
+      files.DiskFullError: metrics.json or the thresholds could not be written.
     """
     if not model_dir:
         raise ValueError("--model_dir is required: the folder of the training run to evaluate")
@@ -203,13 +205,22 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
         setattr(config, key, value)
     if not config.eval_pattern:
         raise ValueError("--eval_pattern is required (and config.json has none)")
-    class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
+    with files.flag_errors("model_dir", model_dir):
+        class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
+    # Everything that can fail before the work, before the model is built.
+    files.check_writable(model_dir, "model_dir", folder=True)  # metrics.json
+    if thresholds_out:
+        files.check_writable(thresholds_out, "thresholds_out")
+    with files.flag_errors("class_id_map", config.class_id_map):
+        read_class_id_map(config.class_id_map)
+    with files.flag_errors("eval_pattern", config.eval_pattern):
+        dataset = make_eval_dataset(config, len(class_names), class_names)
     strategy = make_strategy(config.strategy)
     model, _, checkpoint_path = restore.restore_for_inference(config, len(class_names), strategy,
                                                               precision)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
-    dataset = make_eval_dataset(config, len(class_names), class_names)
-    with Progress(count_records(config.eval_pattern), "evaluating", unit="images") as bar:
+    with Progress(count_records(config.eval_pattern), "evaluating", unit="images") as bar, \
+            input_errors(f"--eval_pattern={config.eval_pattern}"):
         predictions = Predictor(model, strategy, config.global_batch_size).predict_dataset(
             dataset, progress=bar)
     metrics = compute_metrics(predictions, config.eval_threshold)
@@ -217,8 +228,7 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     result = metrics_to_json(metrics, class_names)
     result.update(checkpoint=checkpoint_path, eval_pattern=config.eval_pattern,
                   threshold=config.eval_threshold, precision=model.dtype_policy.name)
-    with open(os.path.join(model_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(os.path.join(model_dir, "metrics.json"), result)
     if thresholds_out:
         write_thresholds(thresholds_out, predictions, class_names)
         logging.info("per-class thresholds written to %s", thresholds_out)

@@ -12,6 +12,9 @@ keyed by the repository and the resolved commit, so a moved ``main`` converts ag
 and an unchanged one is reused. The file is written to a temporary name and renamed,
 so an interrupted or concurrent conversion never leaves a partial file under that name.
 Its shapes are checked against the architecture when it is loaded (`weights_by_name`).
+A cached conversion that no longer reads back (a truncated or damaged file) is converted
+again from the checkpoint, with a warning; a damaged checkpoint in the Hugging Face
+cache is an error naming the file and what to do (download it again, or replace it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ CACHE_ENV = "SCDNN_CACHE"
 TIMM_ARCHS = {"resnext101_32x8d": "resnext101_32x8d", "resnext50_32x4d": "resnext50_32x4d",
               "resnet50": "resnet50_tv"}
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class HubWeightsError(RuntimeError, OSError):
+    """Hub weights that can be neither downloaded nor read from the cache.
+
+    An OSError too, so the command-line tools report it as one line (a user's
+    environment problem whose message says what to do)."""
+
+
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -90,7 +102,7 @@ def download_checkpoint(repo_id: str, revision: str, arch: str) -> str:
     """Path of `repo_id`'s model.safetensors in the Hugging Face cache (downloaded if needed).
 
     Raises:
-        RuntimeError: one line naming what is missing and the manual commands, when
+        HubWeightsError: one line naming what is missing and the manual commands, when
             huggingface_hub is absent or the file is neither reachable nor cached.
     """
     manual = manual_commands(repo_id, arch)
@@ -98,7 +110,7 @@ def download_checkpoint(repo_id: str, revision: str, arch: str) -> str:
         import huggingface_hub  # noqa: PLC0415 (optional extra)
         from huggingface_hub import constants, errors  # noqa: PLC0415
     except ImportError:
-        raise RuntimeError(f"hf-hub:{repo_id} needs huggingface_hub: pip install "
+        raise HubWeightsError(f"hf-hub:{repo_id} needs huggingface_hub: pip install "
                            f"'scdnn_tf[hub]'; or by hand: {manual}") from None
     try:
         return huggingface_hub.hf_hub_download(repo_id, FILENAME, revision=revision)
@@ -106,14 +118,14 @@ def download_checkpoint(repo_id: str, revision: str, arch: str) -> str:
         offline = "offline mode (HF_HUB_OFFLINE) is on" if isinstance(
             e, errors.OfflineModeIsEnabled) or constants.is_offline_mode() \
             else "the hub cannot be reached"
-        raise RuntimeError(
+        raise HubWeightsError(
             f"{FILENAME} of {repo_id}@{revision} is not in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}) and {offline}; on a machine with "
             f"internet run {manual} (or copy that machine's Hugging Face cache here and set "
             f"HF_HUB_CACHE)") from None
     except errors.HfHubHTTPError as e:  # unknown repo / revision / file, gated repo
         message = " ".join(str(e).split())
-        raise RuntimeError(f"cannot fetch {FILENAME} of {repo_id}@{revision}: {message}") from None
+        raise HubWeightsError(f"cannot fetch {FILENAME} of {repo_id}@{revision}: {message}") from None
 
 
 def resolve_hub_weights(spec: str, arch: str) -> str:
@@ -127,22 +139,65 @@ def resolve_hub_weights(spec: str, arch: str) -> str:
     Raises:
         ValueError: a bad spec, a timm model of another architecture, or a checkpoint
             that does not fit `arch` (missing/extra keys, shapes).
-        RuntimeError: the checkpoint can be neither downloaded nor found in the cache.
+        HubWeightsError: the checkpoint can be neither downloaded nor found in the cache,
+            or the cached checkpoint is damaged (the message names it and what to do).
     """
+    from scdnn_tf.modeling.timm_weights import DamagedCheckpointError  # noqa: PLC0415
+
     check_hub_arch(spec, arch)
     repo_id, revision = parse_hub_spec(spec)
-    if _COMMIT.fullmatch(revision) and os.path.isfile(converted_path(repo_id, revision, arch)):
+    checked = set()  # cached conversions found damaged (warned once)
+    if _COMMIT.fullmatch(revision) and _usable_conversion(
+            spec, converted_path(repo_id, revision, arch), checked):
         return converted_path(repo_id, revision, arch)
     checkpoint = download_checkpoint(repo_id, revision, arch)
     # The hub cache stores a file as snapshots/<commit>/<filename>: the folder is the commit.
     commit = os.path.basename(os.path.dirname(checkpoint))
     output = converted_path(repo_id, commit, arch)
-    if os.path.isfile(output):
+    if _usable_conversion(spec, output, checked):
         logging.info("%s: using the cached conversion %s", spec, output)
         return output
-    _convert_atomically(checkpoint, arch, output)
+    try:
+        _convert_atomically(checkpoint, arch, output)
+    except DamagedCheckpointError as e:
+        raise HubWeightsError(damaged_download_message(repo_id, commit, checkpoint, e)) from None
     logging.info("%s: converted %s into %s", spec, checkpoint, output)
     return output
+
+
+def _usable_conversion(spec: str, path: str, checked: set) -> bool:
+    """True if the cached conversion `path` exists and reads back; a damaged one is
+    reported (once) as a warning and will be converted again."""
+    from scdnn_tf.modeling.weights_by_name import check_readable  # noqa: PLC0415
+
+    if path in checked or not os.path.lexists(path):
+        return False
+    try:
+        check_readable(path)
+        return True
+    except ValueError as e:
+        checked.add(path)
+        logging.warning("%s: the cached conversion is damaged and is converted again from "
+                        "the checkpoint: %s", spec, e)
+        return False
+
+
+def damaged_download_message(repo_id: str, commit: str, checkpoint: str, error) -> str:
+    """One line for a damaged `checkpoint` in the Hugging Face cache (`error`: its
+    `timm_weights.DamagedCheckpointError`): the snapshot file, the blob it points to, and
+    what to do (offline: which file to replace)."""
+    from huggingface_hub import constants  # noqa: PLC0415 (optional extra)
+
+    blob = os.path.realpath(checkpoint)
+    where = checkpoint if blob == checkpoint else f"{checkpoint} (-> {blob})"
+    fetch = f"hf download {repo_id} {FILENAME} --revision={commit} --force-download"
+    if constants.is_offline_mode():
+        todo = (f"offline mode (HF_HUB_OFFLINE) is on: replace {blob} with an intact copy of "
+                f"{FILENAME} of {repo_id}@{commit} (on a machine with internet: `{fetch}`), "
+                "or delete it and run again with the hub reachable")
+    else:
+        todo = f"delete {blob} and run again to download it anew (or run `{fetch}`)"
+    return f"the Hugging Face cache's {where} is damaged, {error.reason}; {todo}"
 
 
 def _convert_atomically(checkpoint: str, arch: str, output: str) -> None:

@@ -13,6 +13,7 @@ be used exactly once, so a checkpoint of another architecture fails loudly.
 """
 
 import os
+import pickle
 
 import keras
 import numpy as np
@@ -28,6 +29,21 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
 
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated or corrupt).
+
+    Attributes:
+        path: the file.
+        reason: what the reader said, with the file's size.
+    """
+
+    def __init__(self, path, error):
+        self.path = path
+        detail = " ".join(str(error).split()) or type(error).__name__
+        self.reason = f"truncated or corrupt ({os.path.getsize(path)} bytes; {detail})"
+        super().__init__(f"{path}: damaged checkpoint, {self.reason}; download it again")
+
+
 def load_torch_state_dict(path):
     """Reads a checkpoint into {key: np.ndarray float32}.
 
@@ -36,7 +52,8 @@ def load_torch_state_dict(path):
             state dict, or of a dict holding one under "state_dict" / "model").
 
     Raises:
-        FileNotFoundError, ValueError (unknown extension), ImportError (missing package).
+        FileNotFoundError, ValueError (unknown extension), ImportError (missing package),
+        DamagedCheckpointError (truncated or corrupt file; the message names it).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -46,14 +63,20 @@ def load_torch_state_dict(path):
         except ImportError as e:
             raise ImportError("reading .safetensors needs the `safetensors` package: "
                               "pip install 'scdnn_tf[weights]'") from e
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except Exception as e:  # safetensors raises its own SafetensorError (an Exception)
+            raise DamagedCheckpointError(path, e) from None
     elif path.endswith((".pth", ".pt", ".bin")):
         try:
             import torch
         except ImportError as e:
             raise ImportError(f"reading {path} needs torch (pip install torch); or convert "
                               "the timm .safetensors file instead") from e
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+            raise DamagedCheckpointError(path, e) from None
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]

@@ -84,6 +84,25 @@ def is_by_name_file(path):
         return False
 
 
+def check_readable(path, by_name=True):
+    """Raises ValueError naming `path` unless it is an HDF5 file (with `by_name`, one
+    written by `save_weights_by_name`) whose every variable reads back: a truncated or
+    partly overwritten file fails here."""
+    try:
+        with h5py.File(path, "r") as f:
+            if by_name and f.attrs.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a by-name weights file")
+
+            def read(name, node):
+                if isinstance(node, h5py.Dataset):
+                    node[()]
+
+            f.visititems(read)
+    except (OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a readable weights file "
+                         f"({' '.join(str(e).split())})") from None
+
+
 def load_weights_by_name(model, path):
     """Loads a `save_weights_by_name` file into `model`, matching layers by name.
 
@@ -113,7 +132,11 @@ def load_weights_by_name(model, path):
             if layer.name not in f:
                 raise ValueError(f"{path}: layer {layer.name!r} of model {model.name!r} is "
                                  "missing from the weights file")
-            found = {key: f[layer.name][key][()] for key in f[layer.name]}
+            try:
+                found = {key: f[layer.name][key][()] for key in f[layer.name]}
+            except (OSError, KeyError) as e:  # damaged data inside a readable file
+                raise ValueError(f"{path}: layer {layer.name!r} cannot be read, the file is "
+                                 f"damaged ({' '.join(str(e).split())})") from None
             _check_shapes(layer.name, layer_variables(layer), found, path)
             plan.append((layer, found))
         unused = set(f.keys()) - {layer.name for layer, _ in plan}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-import json
 import shutil
 import tempfile
 
@@ -27,6 +26,8 @@ from absl import logging
 from scdnn_tf.data.label_map import read_label_map
 from scdnn_tf.data.image_headers import DEFAULT_MAX_PIXELS
 from scdnn_tf.serving.signatures import SIGNATURE_NAMES, ServingModule
+from scdnn_tf.utils import files
+
 
 def next_version(export_dir: str) -> int:
     """1 + the largest integer-named subdirectory of `export_dir` (1 when there is none)."""
@@ -37,7 +38,7 @@ def next_version(export_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def read_thresholds(path: str, class_names: list[str]) -> np.ndarray:
+def read_thresholds(path: str, class_names: list[str], flag: str = "thresholds") -> np.ndarray:
     """Per-class thresholds from `evaluate --thresholds_out` json, in `class_names` order.
 
     The file is {"classes": [names], "thresholds": [floats]}; it is matched by name, so a
@@ -47,34 +48,40 @@ def read_thresholds(path: str, class_names: list[str]) -> np.ndarray:
       float32 [C] in [0, 1].
 
     Raises:
-      ValueError: malformed file, values outside [0, 1], or class names differing from the
+      ValueError: `--flag=path: <problem>` for a missing or malformed file (the JSON
+        position named), values outside [0, 1], or class names differing from the
         model's (the differences are named).
     """
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or "classes" not in data or "thresholds" not in data:
-        raise ValueError(f"thresholds file {path}: expected a json object with 'classes' and "
-                         "'thresholds' (written by `scdnn_tf.evaluate --thresholds_out`)")
-    names, values = list(data["classes"]), list(data["thresholds"])
-    if len(names) != len(values):
-        raise ValueError(f"thresholds file {path}: {len(names)} classes but {len(values)} "
-                         "thresholds")
-    missing = sorted(set(class_names) - set(names))
-    extra = sorted(set(names) - set(class_names))
-    if missing or extra:
-        raise ValueError(f"thresholds file {path} does not match the model's label map: "
-                         f"missing {missing[:10]}, unknown {extra[:10]}")
-    by_name = dict(zip(names, values))
-    thresholds = np.array([float(by_name[n]) for n in class_names], np.float32)
-    bad = [n for n, t in zip(class_names, thresholds) if not 0.0 <= t <= 1.0]
-    if bad:
-        raise ValueError(f"thresholds file {path}: thresholds outside [0, 1] for {bad[:10]}")
+    with files.flag_errors(flag, path):
+        data = files.read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or (
+                not isinstance(data.get("thresholds"), list)):
+            raise ValueError(f"{path}: expected a JSON object with a 'classes' and a "
+                             "'thresholds' list (written by `scdnn-evaluate --thresholds_out`)")
+        names, values = data["classes"], data["thresholds"]
+        if len(names) != len(values):
+            raise ValueError(f"{path}: {len(names)} classes but {len(values)} thresholds")
+        wrong = [(i, v) for i, v in enumerate(values)
+                 if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if wrong:
+            raise ValueError(f"{path}: thresholds[{wrong[0][0]}] is not a number "
+                             f"({wrong[0][1]!r})")
+        missing = sorted(set(class_names) - set(map(str, names)))
+        extra = sorted(set(map(str, names)) - set(class_names))
+        if missing or extra:
+            raise ValueError(f"{path}: does not match the model's label map: "
+                             f"missing {missing[:10]}, unknown {extra[:10]}")
+        by_name = dict(zip(map(str, names), values))
+        thresholds = np.array([float(by_name[n]) for n in class_names], np.float32)
+        bad = [n for n, t in zip(class_names, thresholds) if not 0.0 <= t <= 1.0]
+        if bad:
+            raise ValueError(f"{path}: thresholds outside [0, 1] for {bad[:10]}")
     return thresholds
 
 
 def export_saved_model(model, class_names, export_dir: str, thresholds=None, top_k: int = 5,
                        version: int | None = None,
-                       max_image_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+                       max_image_pixels: int = DEFAULT_MAX_PIXELS, source: str = "") -> str:
     """Writes `model` as a TF Serving SavedModel in `export_dir/<version>`.
 
     Args:
@@ -86,12 +93,14 @@ def export_saved_model(model, class_names, export_dir: str, thresholds=None, top
       top_k: K of the `top_*` outputs (clamped to C).
       version: version directory; default `next_version(export_dir)`.
       max_image_pixels: larger images (height * width) are refused by the signatures.
+      source: what is exported (e.g. the checkpoint), named if the disk fills up.
 
     Returns:
       The written directory `export_dir/<version>`.
 
     Raises:
       FileExistsError: the version directory exists already.
+      files.DiskFullError: the disk filled up; the partial export was removed.
     """
     import keras  # noqa: PLC0415 (keep `--help` fast)
 
@@ -117,6 +126,14 @@ def export_saved_model(model, class_names, export_dir: str, thresholds=None, top
         out = os.path.join(staging, "model")
         archive.write_out(out, verbose=False)
         os.rename(out, target)
+    except Exception as e:
+        if not files.is_disk_full(e):
+            raise
+        what = f" of {source}" if source else ""
+        raise files.DiskFullError(
+            f"no space left on device writing the SavedModel{what} into --export_dir="
+            f"{export_dir} (version {version}); the partial export was removed: free space "
+            "and run the export again") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logging.info("exported %s (signatures %s)", target, ", ".join(SIGNATURE_NAMES))

@@ -38,6 +38,10 @@ from scdnn_tf.utils.progress import Progress
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
+class UsageError(ValueError):
+    """The command line itself is wrong (not a file it names): the tool shows its usage."""
+
+
 class Predictor:
     """encoded image bytes [N] -> numpy outputs of the `serving_default` signature.
 
@@ -248,14 +252,14 @@ def run_prediction(paths: list[str], saved_model: str = "", model_dir: str = "",
         model is loaded).
     """
     if bool(saved_model) == bool(model_dir):
-        raise ValueError("give exactly one of --saved_model and --model_dir")
+        raise UsageError("give exactly one of --saved_model and --model_dir")
     if saved_model and precision:
-        raise ValueError(f"--precision={precision} applies to --model_dir; a SavedModel "
+        raise UsageError(f"--precision={precision} applies to --model_dir; a SavedModel "
                          "computes in the precision it was exported with "
                          "(scdnn-export --precision)")
     files = list_images(paths)
     if not files:
-        raise ValueError("no image files given (pass files or folders)")
+        raise UsageError("no image files given (pass files or folders)")
     if draw_dir:
         visualize.PatchImageWriter(draw_dir)  # fail now, not after loading the model and a first batch
     if saved_model:

@@ -6,7 +6,8 @@ INFO/WARNING start-up notes (set it to 0 to see them). Tools that use TensorFlow
 `scdnn_tf.utils.tf_start` first, which imports it through `import_tensorflow_quietly`.
 `run(main)` is `absl.app.run(main)` where an expected user error (a bad flag value, a
 missing or unreadable file, a damaged checkpoint, a model_dir in use) prints one line
-`<tool>: error: <message>` and exits with status 2, and a graceful stop on SIGTERM /
+`<tool>: error: <message>` and exits with status 2 (75 for a full disk: free space and
+run the same command again; see `files.DiskFullError`), and a graceful stop on SIGTERM /
 SIGINT exits with 143 / 130 after its checkpoint. `--traceback` shows the Python
 traceback of such errors too; unexpected exceptions always show it. `--config=NAME` reads
 the packaged flagfile `scdnn_tf/configs/NAME.flags` (demo, coco, voc, ...).
@@ -20,9 +21,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging as std_logging  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
+
+from scdnn_tf.utils import files  # noqa: E402
 
 # TensorFlow's C++ start-up notes that TF_CPP_MIN_LOG_LEVEL cannot hide (they are written
 # before its logging is configured).
@@ -130,14 +134,51 @@ def run(main) -> None:
             if isinstance(e, GracefulStop):
                 logging.warning("%s", e)
                 sys.exit(e.exit_code)
-            if not isinstance(e, _expected_errors()):
+            if not isinstance(e, _expected_errors()) and not files.is_disk_full(e):
                 raise
             if flags.FLAGS.traceback:
                 raise
             sys.stderr.write(f"{prog}: error: {error_message(e)}\n")
-            sys.exit(USER_ERROR_EXIT)
+            sys.exit(files.DISK_FULL_EXIT if files.is_disk_full(e) else USER_ERROR_EXIT)
 
-    app.run(guarded, argv=expand_config_args(sys.argv))
+    app.run(guarded, argv=expand_config_args(sys.argv), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad flag (or flagfile line) reported as one line, exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "scdnn"
+        message = " ".join(str(e).split())
+        unopened = re.search(r"Unable to open flagfile: \[Errno \d+\] ([^:]*): '(.*)'", message)
+        if unopened:
+            message = f"--flagfile={unopened.group(2)}: {unopened.group(1).lower()}"
+        if "Unknown command line flag" in message:
+            message += " (--helpfull lists the flags)"
+        sys.stderr.write(f"{prog}: error: {_flagfile_position(message, argv)}{message}\n")
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _flagfile_position(message: str, argv: list[str]) -> str:
+    """`--flagfile=PATH line N: ` for the flagfile line holding the flag named in
+    `message`, or "" when it came from the command line (or cannot be found)."""
+    name = re.search(r"flag '?-*([A-Za-z_][\w-]*)", message)
+    if name is None:
+        return ""
+    pattern = re.compile(rf"^\s*--?(no)?{re.escape(name.group(1))}(=|\s*$)")
+    for arg in argv[1:]:
+        if not arg.startswith("--flagfile="):
+            continue
+        path = arg.split("=", 1)[1]
+        try:
+            lines = files.read_text(path).splitlines()
+        except (OSError, ValueError):
+            continue
+        for number, line in enumerate(lines, 1):
+            if pattern.match(line):
+                return f"--flagfile={path} line {number}: "
+    return ""
 
 
 def define_model_dir_flag() -> None:
