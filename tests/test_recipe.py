@@ -113,14 +113,14 @@ def test_export_loads_the_recorded_better_weights_and_honours_the_override(ema_r
     config, _ = ema_run
     path = os.path.join(config.model_dir, restore.WEIGHTS_CHOICE_NAME)
     recorded = json.load(open(path))
-    raw = _weights(load_from_model_dir(config.model_dir, "raw")[0])
-    ema = _weights(load_from_model_dir(config.model_dir, "ema")[0])
+    raw = _weights(load_from_model_dir(config.model_dir, weights="raw")[0])
+    ema = _weights(load_from_model_dir(config.model_dir, weights="ema")[0])
     assert any(not np.allclose(a, b) for a, b in zip(raw, ema))
     try:
         for best, expected in (("raw", raw), ("ema", ema)):
             with open(path, "w") as f:
                 json.dump({**recorded, "best": best}, f)
-            got = _weights(load_from_model_dir(config.model_dir, "auto")[0])
+            got = _weights(load_from_model_dir(config.model_dir, weights="auto")[0])
             for a, b in zip(got, expected):
                 np.testing.assert_array_equal(a, b)
         os.remove(path)  # no record (a run that never evaluated): the EMA weights

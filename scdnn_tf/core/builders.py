@@ -1,4 +1,5 @@
-"""A run's network, optimizer and precision policy, built from its TrainConfig."""
+"""A run's network and optimizer, built from its TrainConfig (the precision policy in force
+when `build_model` runs is the model's: see `core.precision.precision_policy`)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,3 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
-
-def set_precision_policy(config: TrainConfig) -> None:
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if config.mixed_precision else "float32")

@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import flags
 
+from scdnn_tf.core.precision import PRECISIONS, fold_old_flag
 from scdnn_tf.data.randaugment import parse_randaugment
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES, KERAS_IMAGENET_NAMES
@@ -115,8 +116,16 @@ class TrainConfig:
     ema_decay: float = _field(0.0, "Exponential moving average of the weights (0 = off); "
                                    "evaluations score the raw and the averaged weights, "
                                    "export takes the better.")
-    mixed_precision: bool = _field(False, "mixed_float16 compute with dynamic loss scaling.")
     jit_compile: bool = _field(False, "XLA-compile the train step.")
+    # Compute precision: --precision, and --mixed_precision, its old name for mixed_float16
+    # (folded into `precision` by __post_init__; both are written to config.json).
+    precision: str = _field("float32", "Compute precision: float32; mixed_bfloat16 (16-bit "
+                                       "compute, float32 variables: fast on CPUs with AMX / "
+                                       "AVX512-BF16 and on GPUs of compute capability >= 8.0); "
+                                       "mixed_float16 (with loss scaling: older GPUs); auto "
+                                       "(picks one of them for this machine and logs why).",
+                            PRECISIONS)
+    mixed_precision: bool = _field(False, "Old name of --precision=mixed_float16.")
     strategy: str = _field("mirrored", "tf.distribute strategy.", STRATEGIES)
     seed: int = _field(0, "Seed for weight init and data shuffling/augmentation.")
     # Schedule of side jobs (in steps).
@@ -150,6 +159,10 @@ class TrainConfig:
                                           "learning rate peaks (its warm-up).")
     onecycle_div_factor: float = _field(25.0, "One-cycle: start at learning_rate / this.")
     onecycle_final_div_factor: float = _field(1e4, "One-cycle: end at the start rate / this.")
+
+    def __post_init__(self):
+        # A conflicting pair raises here (ValueError naming both flags).
+        self.precision = fold_old_flag(self.precision, self.mixed_precision)
 
     def validate(self) -> "TrainConfig":
         """Checks every value; raises ValueError naming the flag and echoing the bad value.
@@ -366,8 +379,12 @@ def config_from_flags(flag_values=flags.FLAGS, only_present: bool = False) -> di
       only_present: return only the flags given on the command line or in a flagfile.
 
     Raises:
-      ValueError: a list flag with a non-numeric item (named).
+      ValueError: a list flag with a non-numeric item (named); `--mixed_precision` with a
+        `--precision` other than mixed_float16.
     """
+    if "precision" in flag_values and "mixed_precision" in flag_values:
+        fold_old_flag(flag_values["precision"].value, flag_values["mixed_precision"].value,
+                      precision_given=flag_values["precision"].present)
     values = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in flag_values or (only_present and not flag_values[f.name].present):

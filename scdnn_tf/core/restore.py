@@ -3,6 +3,7 @@ restored (for training, evaluation and export alike)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,8 +13,9 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.core import checkpoints
-from scdnn_tf.core.builders import build_model, build_optimizer, set_precision_policy
+from scdnn_tf.core.builders import build_model, build_optimizer
 from scdnn_tf.core.config import TrainConfig
+from scdnn_tf.core.precision import precision_policy
 
 LABEL_MAP_NAME = "label_map.txt"
 # With --ema_decay, each evaluation scores the raw and the averaged weights; the better of
@@ -23,7 +25,9 @@ WEIGHTS = ("auto", "raw", "ema")
 # A resumed run must keep these (the slots of SGD and AdamW differ); the changeable ones
 # are safe because checkpoints match the optimizer state to variables by name.
 RESUME_FIXED_FIELDS = ("optimizer",)
-RESUME_CHANGEABLE_FIELDS = ("ema_decay", "mixed_precision", "freeze_stages")
+# Checkpoints hold float32 variables whatever the compute precision, so it may change too
+# (a mixed_float16 run's loss scale is the only state that comes or goes).
+RESUME_CHANGEABLE_FIELDS = ("ema_decay", "precision", "mixed_precision", "freeze_stages")
 
 
 def build_and_restore(config, num_classes, strategy, load_backbone_weights=True, save_dir=None,
@@ -44,10 +48,11 @@ def build_and_restore(config, num_classes, strategy, load_backbone_weights=True,
     """
     writer = for_training and (save_dir or config.model_dir) == config.model_dir
     latest = checkpoints.find_restorable(config.model_dir, move_damaged=writer)
-    set_precision_policy(config)
-    with strategy.scope():
+    # The layers keep the policy they are built under; the global one is restored after.
+    with precision_policy(config.precision), strategy.scope():
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, num_classes, load_backbone_weights)
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
         model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
         # Create the slots (and EMA) now, so the restore below fills existing variables.
         model.optimizer.build(model.trainable_variables)
@@ -59,7 +64,7 @@ def build_and_restore(config, num_classes, strategy, load_backbone_weights=True,
         if notes["missing"] or notes["unused"]:
             logging.info("optimizer state: %d variables new to this run start fresh, %d of the "
                          "checkpoint are not used (a changed --freeze_stages, --ema_decay or "
-                         "--mixed_precision)", len(notes["missing"]), len(notes["unused"]))
+                         "--precision)", len(notes["missing"]), len(notes["unused"]))
         if writer:
             checkpoints.write_state_file(config.model_dir,
                                          checkpoints.keep_list(config.model_dir, latest))
@@ -120,14 +125,22 @@ def resolve_weights(config: TrainConfig, weights: str = "auto") -> str:
     return best
 
 
-def restore_for_inference(config: TrainConfig, num_classes: int, strategy, weights="auto"):
+def restore_for_inference(config: TrainConfig, num_classes: int, strategy,
+                          precision: str = "float32", weights: str = "auto"):
     """Newest intact checkpoint of config.model_dir, with the weights `resolve_weights`
     picks (the EMA ones swapped in when chosen).
+
+    Args:
+      config, num_classes, strategy: the run's config, its class count, the strategy.
+      precision: the model's compute precision (a `--precision` value): float32 unless
+        asked, whatever the run trained in (its checkpoints are float32).
+      weights: "auto", "raw" or "ema" (`resolve_weights`).
 
     Returns:
       (model, optimizer, checkpoint path). Raises FileNotFoundError without a checkpoint.
     """
     chosen = resolve_weights(config, weights)
+    config = dataclasses.replace(config, precision=precision, mixed_precision=False)
     model, _, latest = build_and_restore(config, num_classes, strategy,
                                          load_backbone_weights=False, for_training=False)
     if latest is None:

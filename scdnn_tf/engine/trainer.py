@@ -21,11 +21,12 @@ weights (TensorBoard run `eval`) and the averages swapped into the model
 model_dir (`restore.WEIGHTS_CHOICE_NAME`), which export and evaluation then restore.
 The loop copies the averages into the model at the end (as `fit` does).
 
-Mixed precision: `keras.mixed_precision.set_global_policy("mixed_float16")` before
-building; `compile` then wraps the optimizer in a `LossScaleOptimizer`. The model's
-`train_step` must differentiate `optimizer.scale_loss(loss)` and call
-`optimizer.apply_gradients` (which unscales and skips steps with non-finite gradients),
-and compute its losses from float32 logits.
+Precision (`--precision`): the model is built under that Keras dtype policy
+(`core.precision.precision_policy`; variables float32 in every case). Under mixed_float16
+`compile` wraps the optimizer in a `LossScaleOptimizer`, so the model's `train_step`
+differentiates `optimizer.scale_loss(loss)` and calls `optimizer.apply_gradients` (which
+unscales and skips steps with non-finite gradients); mixed_bfloat16 needs no loss scale.
+Losses are computed from float32 logits in both.
 
 Multi-worker (`multi_worker_mirrored`): only the chief (worker 0) writes into model_dir
 (flags, label map, checkpoints, summaries). The other workers still run every save (a
