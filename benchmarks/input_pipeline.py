@@ -18,6 +18,7 @@ each image size, all with the same tf.data parallelism (AUTOTUNE) and batch size
   before            `make_dataset(training=True)` with the training decode of the
                     original version (full decode, flip, crop, float cast, resize)
   after             `make_dataset(training=True)` as it is now
+  recipe            `after` with RandAugment (2 ops, magnitude 9) and Cutout (0.5)
 
 The contenders alternate within each round (the order rotates by one each round); a
 round times `--images` images per contender from a fresh iterator after `--warmup`
@@ -45,9 +46,11 @@ from scdnn_tf.data.pipeline import make_dataset
 AUTOTUNE = tf.data.AUTOTUNE
 SUBSETS = ("coco_mini", "coco_tiny")
 CONTENDERS = ("decode_bilinear", "decode_antialias", "dct_antialias", "training_image",
-              "before", "after")
+              "before", "after", "recipe")
 SCALE_RANGE = (0.5, 1.0)  # make_dataset's default
-RATIOS = (("after", "training_image"), ("after", "before"), ("training_image", "decode_antialias"))
+RATIOS = (("after", "training_image"), ("after", "before"), ("training_image", "decode_antialias"),
+          ("recipe", "after"))
+RECIPE = dict(randaugment_spec=(2, 9.0), cutout=0.5)
 
 
 def convert_subsets(data_dir: str, output_dir: str) -> int:
@@ -112,6 +115,8 @@ def build(name: str, pattern: str, size: int, batch_size: int) -> tf.data.Datase
             return make_dataset(pattern, 80, size, batch_size, training=True)
     if name == "after":
         return make_dataset(pattern, 80, size, batch_size, training=True)
+    if name == "recipe":
+        return make_dataset(pattern, 80, size, batch_size, training=True, **RECIPE)
     raise ValueError(f"unknown contender {name!r}")
 
 

@@ -13,6 +13,7 @@ from scdnn_tf.utils import cli  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from scdnn_tf.core.precision import PRECISIONS  # noqa: E402
 from scdnn_tf.serving.predictor import UsageError, run_prediction  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -25,12 +26,16 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
     flags.DEFINE_bool("json", False, "One JSON object per image instead of text lines.")
     flags.DEFINE_string("draw", "", "Write each image with its patches drawn to this folder.")
+    flags.DEFINE_enum("precision", None, list(PRECISIONS), "Compute precision with "
+                      "--model_dir (default float32, whatever the run trained in); a "
+                      "--saved_model keeps the precision it was exported with.")
 
 
 def main(argv):
     try:
         return run_prediction(argv[1:], FLAGS.saved_model, FLAGS.model_dir or "",
-                              FLAGS.thresholds, FLAGS.batch_size, FLAGS.json, FLAGS.draw)
+                              FLAGS.thresholds, FLAGS.batch_size, FLAGS.json, FLAGS.draw,
+                              precision=FLAGS.precision or "")
     except UsageError as e:  # only a wrong command line shows the usage; a bad file is one line
         raise app.UsageError(str(e)) from e
 

@@ -1,4 +1,5 @@
-"""A run's network, optimizer and precision policy, built from its TrainConfig."""
+"""A run's network and optimizer, built from its TrainConfig (the precision policy in force
+when `build_model` runs is the model's: see `core.precision.precision_policy`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bo
             check_readable(weights, by_name=False)
     common = dict(backbone=config.backbone, backbone_weights=weights,
                   image_size=config.image_size, freeze_bn=config.freeze_bn,
-                  freeze_stages=config.freeze_stages)
+                  freeze_stages=config.freeze_stages, label_loss=config.label_loss,
+                  asl_gamma_neg=config.asl_gamma_neg, asl_gamma_pos=config.asl_gamma_pos,
+                  asl_clip=config.asl_clip, focal_gamma=config.focal_gamma)
     if config.model == "baseline":
         from scdnn_tf.modeling.baseline import BaselineClassifier  # noqa: PLC0415
         model = BaselineClassifier(num_classes, label_loss_weight=config.label_weight, **common)
@@ -44,16 +47,33 @@ def build_model(config: TrainConfig, num_classes: int, load_backbone_weights: bo
     return model
 
 
-def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW, warm-up + cosine schedule, optional EMA."""
+def build_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate per step (`--lr_schedule`).
+
+    cosine: linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 at
+    `train_steps`. onecycle: linear warm-up from `learning_rate / div` to `learning_rate`
+    at step `round(lr_peak_fraction * train_steps)`, then cosine decay to
+    `learning_rate / (div * final_div)` at `train_steps` (PyTorch's OneCycleLR with a
+    linear instead of a cosine rise, no momentum cycling).
+    """
+    cosine = keras.optimizers.schedules.CosineDecay
+    if config.lr_schedule == "onecycle":
+        peak_step = min(max(1, round(config.lr_peak_fraction * config.train_steps)),
+                        config.train_steps - 1)
+        start = config.learning_rate / config.onecycle_div_factor
+        return cosine(start, config.train_steps - peak_step,
+                      alpha=1.0 / (config.onecycle_div_factor * config.onecycle_final_div_factor),
+                      warmup_target=config.learning_rate, warmup_steps=peak_step)
     decay_steps = config.train_steps - config.warmup_steps
     if config.warmup_steps:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps, warmup_target=config.learning_rate,
-            warmup_steps=config.warmup_steps)
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
-    common = dict(learning_rate=schedule, weight_decay=config.weight_decay or None,
+        return cosine(0.0, decay_steps, warmup_target=config.learning_rate,
+                      warmup_steps=config.warmup_steps)
+    return cosine(config.learning_rate, decay_steps)
+
+
+def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW, `build_schedule`'s rate, optional EMA."""
+    common = dict(learning_rate=build_schedule(config), weight_decay=config.weight_decay or None,
                   global_clipnorm=config.global_clipnorm or None,
                   use_ema=config.ema_decay > 0, ema_momentum=config.ema_decay or 0.99)
     if config.optimizer == "sgd":
@@ -65,7 +85,3 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
-
-def set_precision_policy(config: TrainConfig) -> None:
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if config.mixed_precision else "float32")

@@ -16,9 +16,12 @@ from typing import Any
 
 from absl import flags
 
+from scdnn_tf.core.precision import PRECISIONS, fold_old_flag
+from scdnn_tf.data.randaugment import parse_randaugment
 from scdnn_tf.modeling.aggregation import AGGREGATIONS, FUSIONS
 from scdnn_tf.modeling.backbones import BACKBONE_NAMES, KERAS_IMAGENET_NAMES
 from scdnn_tf.modeling.hub_weights import check_hub_arch, is_hub_spec
+from scdnn_tf.modeling.losses import LABEL_LOSSES
 from scdnn_tf.modeling.relation import RELATIONS
 from scdnn_tf.modeling.scdnn import BRANCHES, MAX_LEVEL, MIN_LEVELS
 from scdnn_tf.utils import files
@@ -26,6 +29,7 @@ from scdnn_tf.utils import files
 MODELS = ("scdnn", "baseline")
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGIES = ("mirrored", "multi_worker_mirrored", "one_device")
+LR_SCHEDULES = ("cosine", "onecycle")
 # Fields that define the network's variables: a run resumed from a model_dir must agree.
 ARCHITECTURE_FIELDS = ("model", "backbone", "image_size", "fpn_channels", "fc_units",
                        "min_level", "anchor_sizes", "aspect_ratios", "branches", "relation",
@@ -110,9 +114,18 @@ class TrainConfig:
     weight_decay: float = _field(1e-4, "Decoupled weight decay (biases and norm scales excluded).")
     global_clipnorm: float = _field(0.0, "Clip gradients to this global norm (0 = off).")
     ema_decay: float = _field(0.0, "Exponential moving average of the weights (0 = off); "
-                                   "evaluation uses the averaged weights.")
-    mixed_precision: bool = _field(False, "mixed_float16 compute with dynamic loss scaling.")
+                                   "evaluations score the raw and the averaged weights, "
+                                   "export takes the better.")
     jit_compile: bool = _field(False, "XLA-compile the train step.")
+    # Compute precision: --precision, and --mixed_precision, its old name for mixed_float16
+    # (folded into `precision` by __post_init__; both are written to config.json).
+    precision: str = _field("float32", "Compute precision: float32; mixed_bfloat16 (16-bit "
+                                       "compute, float32 variables: fast on CPUs with AMX / "
+                                       "AVX512-BF16 and on GPUs of compute capability >= 8.0); "
+                                       "mixed_float16 (with loss scaling: older GPUs); auto "
+                                       "(picks one of them for this machine and logs why).",
+                            PRECISIONS)
+    mixed_precision: bool = _field(False, "Old name of --precision=mixed_float16.")
     strategy: str = _field("mirrored", "tf.distribute strategy.", STRATEGIES)
     seed: int = _field(0, "Seed for weight init and data shuffling/augmentation.")
     # Schedule of side jobs (in steps).
@@ -125,6 +138,31 @@ class TrainConfig:
     profile_steps: str = _field("", "Write a profiler trace of global steps K..L ('K,L', or "
                                     "'K' for one step) for TensorBoard's Profile tab "
                                     "('' = off).")
+    # Training recipe: label loss, RandAugment / Cutout, schedule (docs/training.md).
+    label_loss: str = _field("bce", "Label loss L_l: binary cross-entropy (the paper), focal "
+                                    "loss or the asymmetric loss (ASL).", LABEL_LOSSES)
+    asl_gamma_neg: float = _field(4.0, "ASL focusing exponent of the negatives.")
+    asl_gamma_pos: float = _field(0.0, "ASL focusing exponent of the positives.")
+    asl_clip: float = _field(0.05, "ASL probability margin: negatives count from p > clip.")
+    focal_gamma: float = _field(2.0, "Focal loss exponent.")
+    randaugment: str = _field("", "RandAugment 'N,M': N ops per training image at magnitude "
+                                  "M in 0..10 (e.g. 2,9); geometric ops move the boxes "
+                                  "('' = off).")
+    cutout: float = _field(0.0, "Cutout: one grey hole of this fraction of the training "
+                                "image's height and width (e.g. 0.5; 0 = off).")
+    lr_schedule: str = _field("cosine", "cosine: --warmup_steps linear warm-up, then cosine "
+                                        "to 0; onecycle: linear rise from learning_rate / "
+                                        "--onecycle_div_factor to learning_rate at "
+                                        "--lr_peak_fraction of the steps, then cosine down to "
+                                        "learning_rate / (div * final_div).", LR_SCHEDULES)
+    lr_peak_fraction: float = _field(0.2, "One-cycle: fraction of --train_steps at which the "
+                                          "learning rate peaks (its warm-up).")
+    onecycle_div_factor: float = _field(25.0, "One-cycle: start at learning_rate / this.")
+    onecycle_final_div_factor: float = _field(1e4, "One-cycle: end at the start rate / this.")
+
+    def __post_init__(self):
+        # A conflicting pair raises here (ValueError naming both flags).
+        self.precision = fold_old_flag(self.precision, self.mixed_precision)
 
     def validate(self) -> "TrainConfig":
         """Checks every value; raises ValueError naming the flag and echoing the bad value.
@@ -203,7 +241,22 @@ class TrainConfig:
                   f"must be 'K,L' (or 'K') with 1 <= K <= L <= --train_steps={self.train_steps}")
         if self.regression_weight + self.patch_weight + self.label_weight == 0:
             _fail("label_weight", self.label_weight, "all three loss weights are 0")
+        self._validate_recipe()
         return self
+
+    def _validate_recipe(self) -> None:
+        for name in ("asl_gamma_neg", "asl_gamma_pos", "focal_gamma"):
+            _require(self, name, 0.0 <= getattr(self, name) < float("inf"), "must be >= 0")
+        for name in ("asl_clip", "cutout"):
+            _require(self, name, 0.0 <= getattr(self, name) < 1.0, "must be in [0, 1)")
+        parse_randaugment(self.randaugment)  # ValueError naming --randaugment and the value
+        _require(self, "lr_peak_fraction", 0.0 < self.lr_peak_fraction < 1.0,
+                 "must be in (0, 1)")
+        for name in ("onecycle_div_factor", "onecycle_final_div_factor"):
+            _require(self, name, getattr(self, name) >= 1.0, "must be >= 1")
+        if self.lr_schedule == "onecycle" and self.warmup_steps:
+            _fail("warmup_steps", self.warmup_steps, "is for --lr_schedule=cosine; one-cycle "
+                  "warms up over --lr_peak_fraction of the steps")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -326,8 +379,12 @@ def config_from_flags(flag_values=flags.FLAGS, only_present: bool = False) -> di
       only_present: return only the flags given on the command line or in a flagfile.
 
     Raises:
-      ValueError: a list flag with a non-numeric item (named).
+      ValueError: a list flag with a non-numeric item (named); `--mixed_precision` with a
+        `--precision` other than mixed_float16.
     """
+    if "precision" in flag_values and "mixed_precision" in flag_values:
+        fold_old_flag(flag_values["precision"].value, flag_values["mixed_precision"].value,
+                      precision_given=flag_values["precision"].present)
     values = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in flag_values or (only_present and not flag_values[f.name].present):

@@ -147,7 +147,7 @@ def color_jitter(image, seed, brightness=32.0, contrast=(0.8, 1.25), saturation=
 
 
 def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0), crop=True,
-                       jitter=False, context=None):
+                       jitter=False, context=None, extra_fn=None):
     """Decodes and augments one training image: scale-crop, flip, resize, colour jitter.
 
     The crop window is drawn from the image size alone, so a JPEG is decoded only inside
@@ -167,6 +167,10 @@ def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0),
       crop: scalar bool (Python or tensor).
       jitter: Python bool.
       context: optional scalar string naming the record, for decode errors.
+      extra_fn: optional fn(image, boxes, seed, geometric, image_size) -> (image [S, S, 3],
+        boxes, keep) that takes over the resize of the flipped crop, before colour jitter
+        (RandAugment and Cutout: `randaugment.make_augmenter`); `geometric` is `crop`; its
+        seed is derived from `seed` apart from the other draws.
 
     Returns:
       (image [S, S, 3] float32 in [0, 255], boxes [N, 4], keep [N] bool).
@@ -195,7 +199,13 @@ def decode_and_augment(encoded, boxes, seed, image_size, scale_range=(0.5, 1.0),
     boxes, keep = crop_boxes(boxes, image_hw, region)
     # Flipping the uint8 crop moves fewer bytes than flipping the float32 output.
     image, boxes = random_flip(image, boxes, flip_seed)
-    image = preprocess.resize_image(image, image_size)
+    if extra_fn is None:
+        image = preprocess.resize_image(image, image_size)
+    else:
+        extra_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        image, boxes, kept = extra_fn(image, boxes, extra_seed, tf.convert_to_tensor(crop),
+                                      image_size)
+        keep = keep & kept
     if jitter:
         image = color_jitter(image, color_seed)
     return image, boxes, keep

@@ -27,7 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from scdnn_tf.data import augment as augment_lib
-from scdnn_tf.data import preprocess, record_checks, records, shards
+from scdnn_tf.data import preprocess, randaugment, record_checks, records, shards
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -121,13 +121,15 @@ def _pad(tensor, size, value):
 
 def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
                     color_jitter=False, scale_range=(0.5, 1.0), class_id_map=None,
-                    class_names=None, truncation=None):
+                    class_names=None, truncation=None, randaugment_spec=None, cutout=0.0):
     """Returns fn(serialized, seed [2], context="") -> one unbatched example dict (see
     module doc); `context` (e.g. " at index 7 of shard PATH") is added to every message
     naming the record.
 
     `class_names` (the label map) checks each record's stored class names;
-    `truncation` (a `record_checks.TruncationCounter`) counts max_boxes truncation.
+    `truncation` (a `record_checks.TruncationCounter`) counts max_boxes truncation;
+    `randaugment_spec` (N, M) and `cutout` (a side fraction) add RandAugment and Cutout
+    to the training augmentation (`randaugment.py`).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -135,6 +137,7 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
         raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
     map_ids = _class_mapper(class_id_map, num_classes)
     do_augment = training and augment
+    extra_fn = randaugment.make_augmenter(randaugment_spec, cutout)
     names = record_checks.label_map_tensor(class_names)
 
     def fn(serialized, seed, context=None):
@@ -151,7 +154,8 @@ def make_example_fn(num_classes, image_size, max_boxes, training, augment=True,
         if do_augment:
             crop = tf.logical_and(tf.size(classes) > 0, tf.size(extra_labels) == 0)
             image, boxes, keep = augment_lib.decode_and_augment(
-                ex["encoded"], boxes, seed, image_size, scale_range, crop, color_jitter, where)
+                ex["encoded"], boxes, seed, image_size, scale_range, crop, color_jitter, where,
+                extra_fn)
         else:
             # Exactly what the exported SavedModel does to its input (serving.py).
             image = preprocess.resize_image(preprocess.decode_image(ex["encoded"], where),
@@ -191,7 +195,8 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
                  class_id_map=None, skip_corrupt=False, seed=None, repeat=None,
                  drop_remainder=None, num_parallel_calls=AUTOTUNE, input_context=None,
                  stats=None, class_names=None, truncation=None,
-                 check_first: int = 4) -> tf.data.Dataset:
+                 check_first: int = 4, randaugment_spec=None,
+                 cutout=0.0) -> tf.data.Dataset:
     """Builds the batched dataset (dict of tensors, see the module docstring).
 
     Args:
@@ -225,6 +230,9 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
         dataset is built (`record_checks.check_first_records`: class range, names, list
         lengths; a ValueError naming record and shard); 0 skips it. Every record is still
         checked inside the pipeline as it is read.
+      randaugment_spec: None or (N, M): RandAugment in training augmentation (geometric
+        ops only on images that may be cropped).
+      cutout: Cutout's side fraction in training augmentation (0 = off).
 
     Returns:
       A `tf.data.Dataset` of batch dicts.
@@ -282,7 +290,7 @@ def make_dataset(file_pattern, num_classes, image_size, batch_size, training, ma
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     example_fn = make_example_fn(num_classes, image_size, max_boxes, training, augment,
                                  color_jitter, scale_range, class_id_map, class_names,
-                                 truncation)
+                                 truncation, randaugment_spec, cutout)
     ds = tf.data.Dataset.zip(ds, seeds).map(
         lambda record, seed: example_fn(record[0], seed, record[1]),
         num_parallel_calls=num_parallel_calls, deterministic=deterministic)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from scdnn_tf.core import restore
 from scdnn_tf.engine import summaries
 
 
@@ -37,6 +38,12 @@ def current_learning_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
+def has_ema(model: keras.Model) -> bool:
+    """Whether the model's optimizer keeps moving averages (`use_ema=True`)."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    return bool(getattr(optimizer, "use_ema", False))
+
+
 @contextlib.contextmanager
 def ema_weights(model: keras.Model):
     """Swaps the optimizer's moving averages into the model, restoring the live weights after.
@@ -44,8 +51,7 @@ def ema_weights(model: keras.Model):
     A no-op when the optimizer has no EMA (`use_ema=False`). Uses the public
     `finalize_variable_values` (EMA -> model variables), after saving the live values.
     """
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    if not getattr(optimizer, "use_ema", False):
+    if not has_ema(model):
         yield
         return
     variables = model.trainable_variables
@@ -107,24 +113,52 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class PeriodicEvaluation(keras.callbacks.Callback):
-    """Every `every` global steps and at `last_step`, calls `evaluate_fn(step)` with the
-    EMA weights swapped in; keeps the last result in `self.last_metrics`."""
+def evaluate_both_ways(model: keras.Model, evaluate_fn: Callable[[int, str], dict], step: int,
+                       choose: Callable[[int, dict], str] | None = None):
+    """Scores the raw weights and, if the optimizer keeps an EMA, the averaged weights.
 
-    def __init__(self, evaluate_fn: Callable[[int], dict], every: int, last_step: int,
-                 skip: Callable[[], bool] = lambda: False):
+    Args:
+      model: the trained model.
+      evaluate_fn: fn(step, weights) -> metrics, weights "raw" or "ema".
+      step: the global step.
+      choose: fn(step, {"raw": metrics, "ema": metrics}) -> the better weights' name
+        (e.g. one that records it); default `restore.better_weights` by mAP.
+
+    Returns:
+      (name of the better weights, {weights: metrics}).
+    """
+    results = {"raw": evaluate_fn(step, "raw")}
+    if not has_ema(model):
+        return "raw", results
+    with ema_weights(model):
+        results["ema"] = evaluate_fn(step, "ema")
+    best = (choose or (lambda _, r: restore.better_weights(r)))(step, results)
+    logging.info("step %d: the %s weights score higher", step, best)
+    return best, results
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Every `every` global steps and at `last_step`, runs `evaluate_both_ways`; keeps the
+    better weights' metrics in `self.last_metrics`, all of them in `self.last_results`."""
+
+    def __init__(self, evaluate_fn: Callable[[int, str], dict], every: int, last_step: int,
+                 skip: Callable[[], bool] = lambda: False,
+                 choose: Callable[[int, dict], str] | None = None):
         super().__init__()
         self.evaluate_fn, self.every, self.last_step = evaluate_fn, int(every), int(last_step)
         self.skip = skip  # e.g. a pending preemption: no evaluation in the grace period
+        self.choose = choose
         self.last_metrics: dict | None = None
+        self.last_results: dict = {}
         self.seconds = 0.0  # total time spent evaluating (kept out of training throughput)
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
         if (step % self.every == 0 or step >= self.last_step) and not self.skip():
             start = time.perf_counter()
-            with ema_weights(self.model):
-                self.last_metrics = self.evaluate_fn(step)
+            best, self.last_results = evaluate_both_ways(self.model, self.evaluate_fn, step,
+                                                         self.choose)
+            self.last_metrics = self.last_results[best]
             self.seconds += time.perf_counter() - start
 
 

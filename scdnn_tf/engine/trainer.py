@@ -15,15 +15,18 @@ the input pipeline is reseeded with `seed + restored_step` (replaying the stream
 mean decoding every skipped image).
 
 EMA (`--ema_decay`): Keras' optimizer-level EMA (`use_ema=True`); the averages are
-optimizer variables, so they are checkpointed with it. Evaluation swaps them into the
-model (`callbacks.ema_weights`) and back; the loop copies them into the model at the
-end, so the model returned/exported after training holds the EMA weights.
+optimizer variables, so they are checkpointed with it. Each evaluation scores the raw
+weights (TensorBoard run `eval`) and the averages swapped into the model
+(`callbacks.ema_weights`; run `eval_ema`), and records the better of the two in
+model_dir (`restore.WEIGHTS_CHOICE_NAME`), which export and evaluation then restore.
+The loop copies the averages into the model at the end (as `fit` does).
 
-Mixed precision: `keras.mixed_precision.set_global_policy("mixed_float16")` before
-building; `compile` then wraps the optimizer in a `LossScaleOptimizer`. The model's
-`train_step` must differentiate `optimizer.scale_loss(loss)` and call
-`optimizer.apply_gradients` (which unscales and skips steps with non-finite gradients),
-and compute its losses from float32 logits.
+Precision (`--precision`): the model is built under that Keras dtype policy
+(`core.precision.precision_policy`; variables float32 in every case). Under mixed_float16
+`compile` wraps the optimizer in a `LossScaleOptimizer`, so the model's `train_step`
+differentiates `optimizer.scale_loss(loss)` and calls `optimizer.apply_gradients` (which
+unscales and skips steps with non-finite gradients); mixed_bfloat16 needs no loss scale.
+Losses are computed from float32 logits in both.
 
 Multi-worker (`multi_worker_mirrored`): only the chief (worker 0) writes into model_dir
 (flags, label map, checkpoints, summaries). The other workers still run every save (a
@@ -53,6 +56,7 @@ from scdnn_tf.data import record_checks, shapes
 from scdnn_tf.data.input_errors import input_errors
 from scdnn_tf.data.label_map import read_class_id_map, read_label_map, write_label_map
 from scdnn_tf.data.pipeline import make_dataset
+from scdnn_tf.data.randaugment import parse_randaugment
 from scdnn_tf.core.config import ARCHITECTURE_FIELDS, TrainConfig
 from scdnn_tf.utils import files
 
@@ -67,7 +71,9 @@ def _train_dataset(config, class_names, strategy, seed, truncation=None):
                             training=True, max_boxes=config.max_boxes,
                             augment=config.augment, color_jitter=config.color_jitter,
                             class_id_map=class_id_map, class_names=class_names,
-                            truncation=truncation, seed=seed, input_context=context)
+                            truncation=truncation, seed=seed, input_context=context,
+                            randaugment_spec=parse_randaugment(config.randaugment),
+                            cutout=config.cutout)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -133,13 +139,14 @@ def _context_classes() -> tuple[str, ...]:
                  for name in ((group,) if isinstance(group, str) else group))
 
 
-def make_evaluate_fn(config, model, strategy, class_names, writer):
-    """fn(step) -> metrics: scores the validation set, writes eval summaries, logs a line."""
+def make_evaluate_fn(config, model, strategy, class_names, writers):
+    """fn(step, weights) -> metrics: scores the validation set, writes eval summaries into
+    `writers[weights]` ("raw" / "ema"), logs a line."""
     dataset = evaluator.make_eval_dataset(config, len(class_names), class_names)
     context_classes = _context_classes()
     predictor = evaluator.Predictor(model, strategy, config.global_batch_size)
 
-    def evaluate_fn(step: int) -> dict:
+    def evaluate_fn(step: int, weights: str = "raw") -> dict:
         with input_errors(f"--eval_pattern={config.eval_pattern}"):
             predictions = predictor.predict_dataset(dataset)
             samples = (predictor.sample_outputs(dataset, config.num_eval_images)
@@ -150,11 +157,11 @@ def make_evaluate_fn(config, model, strategy, class_names, writer):
             if "patch_boxes" in samples:
                 scale = max(1, 256 // config.image_size)
                 drawn = visualize.draw_batch(samples["image"], samples, class_names, scale=scale)
-        callbacks_lib.write_eval_summaries(writer, step, metrics, class_names, drawn,
+        callbacks_lib.write_eval_summaries(writers[weights], step, metrics, class_names, drawn,
                                            context_classes, predictions)
-        logging.info("step %d eval: mAP %.2f  CF1 %.2f  OF1 %.2f  (%d images)", step,
-                     100 * metrics["mAP"], 100 * metrics["CF1"], 100 * metrics["OF1"],
-                     metrics["num_images"])
+        logging.info("step %d eval%s: mAP %.2f  CF1 %.2f  OF1 %.2f  (%d images)", step,
+                     " (EMA weights)" if weights == "ema" else "", 100 * metrics["mAP"],
+                     100 * metrics["CF1"], 100 * metrics["OF1"], metrics["num_images"])
         return metrics
 
     return evaluate_fn
@@ -213,24 +220,28 @@ def _train_model(config, strategy, class_names, write_dir, extra_callbacks, mode
     logging.info("%s: %d replicas, %s params, starting at step %d of %d", config.model, replicas,
                  f"{model.count_params():,}", step, config.train_steps)
     train_writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(write_dir, "eval"))
+    runs = {"raw": "eval", **({"ema": "eval_ema"} if config.ema_decay > 0 else {})}
+    eval_writers = {name: tf.summary.create_file_writer(os.path.join(write_dir, run))
+                    for name, run in runs.items()}
     summaries.write_hparams(write_dir, config)
-    evaluate_fn = (make_evaluate_fn(config, model, strategy, class_names, eval_writer)
+    evaluate_fn = (make_evaluate_fn(config, model, strategy, class_names, eval_writers)
                    if config.eval_pattern else None)
+    choose = lambda s, results: restore.write_weights_choice(write_dir, s, results)  # noqa: E731
     if step >= config.train_steps:
         logging.info("model_dir already holds step %d >= --train_steps", step)
         if evaluate_fn is None:
             return {}
-        with callbacks_lib.ema_weights(model):
-            return evaluate_fn(step)
+        best, results = callbacks_lib.evaluate_both_ways(model, evaluate_fn, step, choose)
+        return results[best]
     evaluation = None
     watcher = preemption.SignalWatcher()
-    stopper = preemption.PreemptionCheckpoint(watcher, manager, (train_writer, eval_writer),
-                                              strategy)
+    stopper = preemption.PreemptionCheckpoint(watcher, manager,
+                                              (train_writer, *eval_writers.values()), strategy)
     if evaluate_fn is not None:
         evaluation = callbacks_lib.PeriodicEvaluation(evaluate_fn, config.eval_every,
                                                       config.train_steps,
-                                                      skip=lambda: stopper.requested)
+                                                      skip=lambda: stopper.requested,
+                                                      choose=choose)
     # The logger (which flushes) before the checkpoint: a kill right after a save cannot
     # lose the scalars of any step up to the checkpoint it resumes from.
     callbacks = [callbacks_lib.NonFiniteLossStop(),

@@ -28,12 +28,14 @@ from scdnn_tf.data.pipeline import count_records, make_dataset
 from scdnn_tf.utils import files
 from scdnn_tf.utils.progress import Progress
 from scdnn_tf.core.config import TrainConfig
+from scdnn_tf.core.precision import fold_old_flag
 
 _OUTPUT_KEYS = ("patch_boxes", "context_boxes", "patch_scores", "patch_context_scale")
 # Flags that may differ between training and evaluation; everything else comes from the
 # model_dir's config.json so the network matches its checkpoint.
 EVAL_OVERRIDES = ("eval_pattern", "global_batch_size", "strategy", "eval_threshold",
-                  "class_id_map", "max_boxes", "num_eval_images", "num_patches")
+                  "class_id_map", "max_boxes", "num_eval_images", "num_patches", "precision",
+                  "mixed_precision")
 
 
 def _pad_batch(batch: dict, global_batch_size: int) -> dict:
@@ -173,7 +175,9 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
 
     Args:
       model_dir: a directory written by `run_training` (config.json, label map, checkpoints).
-      overrides: TrainConfig values replacing config.json's (only `EVAL_OVERRIDES` keys).
+      overrides: TrainConfig values replacing config.json's (only `EVAL_OVERRIDES` keys;
+        `precision` / `mixed_precision` choose the evaluation's precision, float32 when
+        absent whatever the run trained in).
       thresholds_out: optional path for the per-class thresholds json.
 
     Returns:
@@ -192,7 +196,12 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     if bad:
         raise ValueError(f"flags {bad} cannot change at evaluation (they define the model); "
                          f"only {EVAL_OVERRIDES} can")
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    # Not the training precision: float32 unless --precision (or --mixed_precision) is given.
+    given = "precision" in overrides
+    precision = fold_old_flag(overrides.pop("precision", "float32"),
+                              overrides.pop("mixed_precision", False), precision_given=given)
+    for key, value in overrides.items():
         setattr(config, key, value)
     if not config.eval_pattern:
         raise ValueError("--eval_pattern is required (and config.json has none)")
@@ -207,7 +216,8 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     with files.flag_errors("eval_pattern", config.eval_pattern):
         dataset = make_eval_dataset(config, len(class_names), class_names)
     strategy = make_strategy(config.strategy)
-    model, _, checkpoint_path = restore.restore_for_inference(config, len(class_names), strategy)
+    model, _, checkpoint_path = restore.restore_for_inference(config, len(class_names), strategy,
+                                                              precision)
     logging.info("evaluating %s on %s", checkpoint_path, config.eval_pattern)
     with Progress(count_records(config.eval_pattern), "evaluating", unit="images") as bar, \
             input_errors(f"--eval_pattern={config.eval_pattern}"):
@@ -217,7 +227,7 @@ def run_evaluation(model_dir: str, overrides: dict | None = None,
     print(metrics_lib.format_metrics_table(metrics, class_names))
     result = metrics_to_json(metrics, class_names)
     result.update(checkpoint=checkpoint_path, eval_pattern=config.eval_pattern,
-                  threshold=config.eval_threshold)
+                  threshold=config.eval_threshold, precision=model.dtype_policy.name)
     files.write_json(os.path.join(model_dir, "metrics.json"), result)
     if thresholds_out:
         write_thresholds(thresholds_out, predictions, class_names)

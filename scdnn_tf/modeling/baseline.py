@@ -23,6 +23,8 @@ class BaselineClassifier(MultiLabelModel):
         backbone_weights: None, a by-name ``.weights.h5`` path or "imagenet" (resnet50).
         image_size: Static input side S, or None for any size.
         label_loss_weight: Weight of the label loss in the total loss (>= 0).
+        label_loss, asl_gamma_neg, asl_gamma_pos, asl_clip, focal_gamma: the label loss
+            ("bce", "focal" or "asl") and its parameters (`losses.LabelLoss`).
         freeze_bn: BatchNorm layers of the backbone in inference mode, non-trainable.
         freeze_stages: Freeze backbone stages 0..k-1 (0 = stem).
         name: Model name.
@@ -37,13 +39,16 @@ class BaselineClassifier(MultiLabelModel):
     LOSS_NAMES = ("loss", "loss_label")
 
     def __init__(self, num_classes, backbone="small", backbone_weights=None, image_size=None,
-                 label_loss_weight=1.0, freeze_bn=False, freeze_stages=0, name="baseline",
-                 **kwargs):
+                 label_loss_weight=1.0, freeze_bn=False, freeze_stages=0, label_loss="bce",
+                 asl_gamma_neg=4.0, asl_gamma_pos=0.0, asl_clip=0.05, focal_gamma=2.0,
+                 name="baseline", **kwargs):
         super().__init__(name=name, **kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not float(label_loss_weight) >= 0:
             raise ValueError(f"label_loss_weight must be >= 0, got {label_loss_weight!r}")
+        self.label_loss = losses.LabelLoss(label_loss, asl_gamma_neg, asl_gamma_pos, asl_clip,
+                                           focal_gamma)
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
@@ -63,8 +68,8 @@ class BaselineClassifier(MultiLabelModel):
         return {"logits": self.classifier(self.pool(features["C5"]))}
 
     def compute_losses(self, batch, outputs):
-        """Per-image label loss L_l (the same masked BCE as SCDNN's) and the total, [B]."""
-        l_l = losses.label_loss(batch["labels"], outputs["logits"], batch.get("label_weights"))
+        """Per-image label loss L_l (the same masked loss as SCDNN's) and the total, [B]."""
+        l_l = self.label_loss(batch["labels"], outputs["logits"], batch.get("label_weights"))
         return {"loss": self.label_loss_weight * l_l, "loss_label": l_l}
 
     def get_config(self):
@@ -77,5 +82,6 @@ class BaselineClassifier(MultiLabelModel):
             "label_loss_weight": self.label_loss_weight,
             "freeze_bn": self.freeze_bn,
             "freeze_stages": self.freeze_stages,
+            **self.label_loss.get_config(),
         })
         return config

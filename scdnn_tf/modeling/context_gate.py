@@ -9,6 +9,10 @@ cropped at every scale and a gate, computed from the patch's tight crop, weights
 
 so the model decides per object how much surrounding to use. The gate weights are a
 model output; the context box it reports is drawn at the gate-weighted mean scale.
+
+Under mixed precision the gate (its two layers and the softmax) and the weighted sum
+compute in float32: a 16-bit softmax would round weights near 0 and 1, and the gate is
+small next to the label predictors it feeds.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ def mix_scales(embeddings, weights):
       weights: [B, N, K] gate weights (summing to 1 over K).
 
     Returns:
-      [B, N, U] in the embeddings' dtype.
+      [B, N, U] in the embeddings' dtype (summed in float32).
     """
-    weights = tf.cast(weights, embeddings.dtype)
-    return tf.reduce_sum(embeddings * weights[..., tf.newaxis], axis=2)
+    mixed = tf.cast(embeddings, tf.float32) * tf.cast(weights, tf.float32)[..., tf.newaxis]
+    return tf.cast(tf.reduce_sum(mixed, axis=2), embeddings.dtype)
 
 
 def effective_scale(weights, scales):
@@ -49,10 +53,12 @@ class ContextGate(layers.Layer):
       crops: [P, S, S, D] tight crops (any leading patch axis P).
 
     Returns:
-      [P, K] float32 weights, each row summing to 1.
+      [P, K] float32 weights, each row summing to 1 (computed in float32 under any
+      global dtype policy unless a `dtype` is given).
     """
 
     def __init__(self, num_scales: int, units: int = 64, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(num_scales) < 2:
             raise ValueError(f"num_scales must be >= 2, got {num_scales!r}")
@@ -60,8 +66,9 @@ class ContextGate(layers.Layer):
             raise ValueError(f"units must be >= 1, got {units!r}")
         self.num_scales = int(num_scales)
         self.units = int(units)
-        self.hidden = layers.Dense(self.units, activation="relu", name="hidden")
-        self.scores = layers.Dense(self.num_scales, name="scores")
+        self.hidden = layers.Dense(self.units, activation="relu", dtype=self.dtype_policy,
+                                   name="hidden")
+        self.scores = layers.Dense(self.num_scales, dtype=self.dtype_policy, name="scores")
 
     def build(self, crops_shape):
         self.hidden.build((None, int(crops_shape[-1])))

@@ -43,7 +43,9 @@ class LabelPredictor(layers.Layer):
         self.fc1 = layers.Dense(self.fc_units, activation="relu", name="fc1")
         self.fc2 = layers.Dense(self.fc_units, activation="relu", name="fc2")
         self.drop = layers.Dropout(self.dropout, name="dropout")
-        self.classifier = layers.Dense(self.num_classes, name="classifier")
+        # float32 logits also under mixed precision: the losses, the patch max and the
+        # score thresholds read them (the hidden layers run in the compute dtype).
+        self.classifier = layers.Dense(self.num_classes, dtype="float32", name="classifier")
 
     def build(self, input_shape):
         flat = 1
@@ -67,7 +69,7 @@ class LabelPredictor(layers.Layer):
             x = ops.reshape(x, (shape[0], shape[1], self.fc_units))
             if part == "embed":
                 return x
-        return ops.cast(self.classifier(x), "float32")
+        return self.classifier(x)
 
     def get_config(self):
         config = super().get_config()

@@ -159,6 +159,9 @@ class ContextPatchGenerator(layers.Layer):
     """
 
     def __init__(self, context_scale: float = 2.0, **kwargs):
+        # float32 also under mixed precision: these are crop sampling coordinates, which
+        # Keras would otherwise round to the compute dtype on the way in.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not float(context_scale) >= 1.0:
             raise ValueError(f"context_scale must be >= 1.0, got {context_scale!r}")

@@ -43,10 +43,12 @@ class DensePatchHeads(layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.shared_conv = layers.Conv2D(self.channels, 3, padding="same", activation="relu",
                                          kernel_initializer=init, name="shared_conv")
+        # The two 1x1 outputs compute in float32 under mixed precision: the anchors' top-k,
+        # NMS and the losses read them, and they cost little next to the shared conv.
         self.patch_classifier = layers.Conv2D(self.num_anchors, 1, kernel_initializer=init,
-                                              name="patch_classifier")
+                                              dtype="float32", name="patch_classifier")
         self.location_regressor = layers.Conv2D(self.num_anchors * 4, 1, kernel_initializer=init,
-                                                name="location_regressor")
+                                                dtype="float32", name="location_regressor")
 
     def build(self, input_shape):
         shape = input_shape[f"P{self.levels[0]}"]
@@ -65,9 +67,8 @@ class DensePatchHeads(layers.Layer):
                 b, n = -1, h * w * self.num_anchors
             else:
                 b, n = ops.shape(x)[0], -1
-            # Heads run in the compute dtype; the box math downstream wants float32.
-            objectness.append(ops.reshape(ops.cast(self.patch_classifier(x), "float32"), (b, n)))
-            deltas.append(ops.reshape(ops.cast(self.location_regressor(x), "float32"), (b, n, 4)))
+            objectness.append(ops.reshape(self.patch_classifier(x), (b, n)))
+            deltas.append(ops.reshape(self.location_regressor(x), (b, n, 4)))
         return ops.concatenate(objectness, axis=1), ops.concatenate(deltas, axis=1)
 
     def get_config(self):

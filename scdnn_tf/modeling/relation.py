@@ -11,6 +11,11 @@ Attention is masked to the image's valid patches: a padding slot is never a key,
 its content cannot change any valid patch's output. The layer's shapes are static
 ([B,N] slots), so it runs under XLA; outside XLA, `relate_compact` runs it on the valid
 slots only (in training most slots are padding of the appended ground truth).
+
+Under mixed precision the boxes stay float32 (the layer does not autocast its inputs;
+the embeddings are cast to the compute dtype by hand) and the attention (projections,
+scores, masked softmax) computes in float32; the feed-forward layers use the compute
+dtype. Layer normalization computes its statistics in float32 in Keras.
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class PatchRelation(layers.Layer):
 
     def __init__(self, num_layers: int = 1, num_heads: int = 4, key_dim: int = 64,
                  ffn_units: int = 256, num_frequencies: int = 8, **kwargs):
+        # Boxes must reach `box_geometry` unrounded: no autocast of the call's inputs.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads),
                             ("key_dim", key_dim), ("ffn_units", ffn_units),
@@ -137,7 +144,7 @@ class PatchRelation(layers.Layer):
         self.num_frequencies = int(num_frequencies)
         n = range(self.num_layers)
         self.norms1 = [layers.LayerNormalization(epsilon=1e-5, name=f"layer{i}_norm1") for i in n]
-        self.attentions = [layers.MultiHeadAttention(self.num_heads, self.key_dim,
+        self.attentions = [layers.MultiHeadAttention(self.num_heads, self.key_dim, dtype="float32",
                                                      name=f"layer{i}_attention") for i in n]
         self.norms2 = [layers.LayerNormalization(epsilon=1e-5, name=f"layer{i}_norm2") for i in n]
         self.ffn1 = [layers.Dense(self.ffn_units, activation="relu", name=f"layer{i}_ffn1")
@@ -160,11 +167,13 @@ class PatchRelation(layers.Layer):
 
     def call(self, embeddings, boxes, valid, training=False):
         geo = sinusoidal_embedding(box_geometry(boxes), self.num_frequencies)
-        h = embeddings + tf.cast(self.geometry(tf.cast(geo, self.compute_dtype)), embeddings.dtype)
+        h = tf.cast(embeddings, self.compute_dtype)
+        h = h + tf.cast(self.geometry(tf.cast(geo, self.compute_dtype)), h.dtype)
         mask = key_padding_mask(valid)
         for i in range(self.num_layers):
             x = self.norms1[i](h)
-            h = h + self.attentions[i](x, x, x, attention_mask=mask, training=training)
+            attended = self.attentions[i](x, x, x, attention_mask=mask, training=training)
+            h = h + tf.cast(attended, h.dtype)
             h = h + self.ffn2[i](self.ffn1[i](self.norms2[i](h)))
         return h
 

@@ -87,6 +87,8 @@ class SCDNN(MultiLabelModel):
       fc_units, dropout: label predictor hidden width and dropout.
       pos_iou, neg_iou, anchor_samples, positive_fraction: anchor matching and sampling.
       regression_weight, patch_weight, label_weight: w_r, w_p, w_l.
+      label_loss, asl_gamma_neg, asl_gamma_pos, asl_clip, focal_gamma: the label loss L_l
+        ("bce", the paper's; "focal" or "asl") and its parameters (`losses.LabelLoss`).
       freeze_bn, freeze_stages: backbone fine-tuning options.
 
     Call:
@@ -111,7 +113,9 @@ class SCDNN(MultiLabelModel):
                  global_patch=False, branches="both", aggregation="max", lse_r=5.0, fusion="mean",
                  crop_size=7, crop_backend="tf_image", fc_units=1024, dropout=0.0, pos_iou=0.7,
                  neg_iou=0.3, anchor_samples=256, positive_fraction=0.5, regression_weight=1.0,
-                 patch_weight=1.0, label_weight=1.0, freeze_bn=False, freeze_stages=0, **kwargs):
+                 patch_weight=1.0, label_weight=1.0, freeze_bn=False, freeze_stages=0,
+                 label_loss="bce", asl_gamma_neg=4.0, asl_gamma_pos=0.0, asl_clip=0.05,
+                 focal_gamma=2.0, **kwargs):
         kwargs.setdefault("name", "scdnn")
         super().__init__(**kwargs)
         if int(num_classes) < 1:
@@ -146,6 +150,8 @@ class SCDNN(MultiLabelModel):
                         ("label_weight", label_weight)):
             if float(w) < 0:
                 raise ValueError(f"{name} must be >= 0, got {w!r}")
+        self.label_loss = losses.LabelLoss(label_loss, asl_gamma_neg, asl_gamma_pos, asl_clip,
+                                           focal_gamma)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
@@ -307,7 +313,7 @@ class SCDNN(MultiLabelModel):
         keys = [k for k in ("logits", "object_logits", "context_logits") if k in outputs]
         if self.branches != "both":
             keys = ["logits"]  # with one branch, the fused logits are that branch's
-        l_l = tf.add_n([losses.label_loss(batch["labels"], outputs[k], weights) for k in keys])
+        l_l = tf.add_n([self.label_loss(batch["labels"], outputs[k], weights) for k in keys])
         w_r, w_p, w_l = self.loss_weights
         total = w_r * l_r + w_p * l_p + w_l * l_l
         return {"loss": total, "loss_regression": l_r, "loss_patch": l_p, "loss_label": l_l}
@@ -333,6 +339,7 @@ class SCDNN(MultiLabelModel):
             "anchor_samples": self.anchor_samples, "positive_fraction": self.positive_fraction,
             "regression_weight": w_r, "patch_weight": w_p, "label_weight": w_l,
             "freeze_bn": self.freeze_bn, "freeze_stages": self.freeze_stages,
+            **self.label_loss.get_config(),
         })
         return config
 

@@ -8,7 +8,8 @@ asset `assets/label_map.txt` (read by the graph's name table) and through the
 `class_names` signature.
 
 The model is rebuilt from the model_dir's `config.json` and its latest checkpoint by
-`core.restore.restore_for_inference`, which swaps in the EMA weights when the run used them.
+`core.restore.restore_for_inference`; for a run with EMA it takes the raw or the averaged
+weights, whichever scored higher at the run's last evaluation (or as `weights` says).
 The command line front end is `scdnn_tf/export.py`.
 """
 
@@ -140,8 +141,15 @@ def export_saved_model(model, class_names, export_dir: str, thresholds=None, top
     return target
 
 
-def load_from_model_dir(model_dir: str):
-    """The latest checkpoint of a training model_dir (EMA weights in place) and its names.
+def load_from_model_dir(model_dir: str, precision: str = "float32", weights: str = "auto"):
+    """The latest checkpoint of a training model_dir and its names.
+
+    Args:
+      model_dir: a training run's folder.
+      precision: the rebuilt model's compute precision (a `--precision` value; float32
+        whatever the run trained in unless asked). Its inputs and outputs stay float32.
+      weights: "auto" (the better of the last evaluation's raw / EMA weights, as recorded
+        in model_dir; the EMA ones without a record; raw without EMA), "raw" or "ema".
 
     Returns:
       (model, class_names, checkpoint path).
@@ -154,5 +162,6 @@ def load_from_model_dir(model_dir: str):
     class_names = read_label_map(os.path.join(model_dir, restore.LABEL_MAP_NAME))
     # The default strategy: plain variables, which ExportArchive can save.
     model, _, checkpoint = restore.restore_for_inference(config, len(class_names),
-                                                          tf.distribute.get_strategy())
+                                                          tf.distribute.get_strategy(), precision,
+                                                          weights)
     return model, class_names, checkpoint

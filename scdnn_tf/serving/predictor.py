@@ -79,11 +79,13 @@ class Predictor:
                    module.thresholds.numpy())
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, thresholds_path: str = "") -> "Predictor":
-        """The latest checkpoint of a training model_dir (EMA weights if used)."""
+    def from_model_dir(cls, model_dir: str, thresholds_path: str = "",
+                       precision: str = "float32") -> "Predictor":
+        """The latest checkpoint of a training model_dir (EMA weights if used), computing in
+        `precision` (a `--precision` value)."""
         from scdnn_tf.serving.exporter import load_from_model_dir, read_thresholds  # noqa: PLC0415
 
-        model, names, _ = load_from_model_dir(model_dir)
+        model, names, _ = load_from_model_dir(model_dir, precision)
         thresholds = read_thresholds(thresholds_path, names) if thresholds_path else None
         return cls.from_model(model, names, thresholds)
 
@@ -235,18 +237,26 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32,
 
 def run_prediction(paths: list[str], saved_model: str = "", model_dir: str = "", thresholds: str = "",
         batch_size: int = 32, as_json: bool = False, draw_dir: str = "", out=sys.stdout,
-        progress=sys.stderr) -> int:
+        progress=sys.stderr, precision: str = "") -> int:
     """The CLI's work: scores `paths` (files or folders); returns the exit code.
+
+    `precision` (a `--precision` value, "" = float32) applies to a model_dir; a SavedModel
+    computes in the precision it was exported with.
 
     Returns:
       0 when every file was scored, 1 when any failed (the summary line counts them).
 
     Raises:
-      ValueError: not exactly one of saved_model / model_dir, no image files, or an
-        unwritable `draw_dir` (all checked before the model is loaded).
+      ValueError: not exactly one of saved_model / model_dir, a precision with
+        saved_model, no image files, or an unwritable `draw_dir` (all checked before the
+        model is loaded).
     """
     if bool(saved_model) == bool(model_dir):
         raise UsageError("give exactly one of --saved_model and --model_dir")
+    if saved_model and precision:
+        raise UsageError(f"--precision={precision} applies to --model_dir; a SavedModel "
+                         "computes in the precision it was exported with "
+                         "(scdnn-export --precision)")
     files = list_images(paths)
     if not files:
         raise UsageError("no image files given (pass files or folders)")
@@ -258,7 +268,7 @@ def run_prediction(paths: list[str], saved_model: str = "", model_dir: str = "",
             from scdnn_tf.serving.exporter import read_thresholds  # noqa: PLC0415
             predictor.thresholds = read_thresholds(thresholds, predictor.class_names)
     else:
-        predictor = Predictor.from_model_dir(model_dir, thresholds)
+        predictor = Predictor.from_model_dir(model_dir, thresholds, precision or "float32")
     _, failures = predict_files(predictor, files, batch_size, out=out, as_json=as_json,
                                 draw_dir=draw_dir, progress=progress)
     return 1 if failures else 0
