@@ -88,7 +88,7 @@ def test_training_console_is_one_line_per_interval_and_nothing_else(tmp_path):
     lines = err.splitlines()
     # Only the package's own log lines (absl format), nothing from TF / Keras internals:
     # no start-up notes, no retracing warnings, no UserWarnings.
-    ours = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ (trainer|training|callbacks|train)\.py:\d+\] ")
+    ours = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ (trainer|callbacks|train|precision)\.py:\d+\] ")
     assert lines and all(ours.match(line) for line in lines), "\n".join(lines)[-3000:]
     steps = [line for line in lines if re.search(r"\] step \d+/2 ", line)]
     assert len(steps) == 2 and all(re.search(r"img/s  ETA \d+s$", s) for s in steps), steps
