@@ -114,13 +114,10 @@ def summarize(results: list[dict], groups: dict) -> dict:
 
 def define_flags() -> None:
     """The CLI flags (defined from `__main__` only, so that importing defines none)."""
-    flags.DEFINE_string("weights", os.path.join(
-        os.path.dirname(lib.REPO), "shared", "weights", "mobilenet_v2_imagenet",
-        "mobilenet_v2_1.0_no_top.weights.h5"), "MobileNetV2 ImageNet no-top .weights.h5.")
-    flags.DEFINE_string("real_data_dir",
-                        os.path.join(os.path.dirname(lib.REPO), "shared", "data", "coco_real"),
-                        "Folder of the real COCO collections (coco_mini, coco128, coco_tiny, "
-                        "tiny_coco).")
+    flags.DEFINE_string("weights", None, "MobileNetV2 ImageNet no-top .weights.h5 (Keras' "
+                        "mobilenet_v2_1.0_no_top file).", required=True)
+    flags.DEFINE_string("real_data_dir", None, "Folder of the real COCO collections (coco_mini, "
+                        "coco128, coco_tiny, tiny_coco).", required=True)
     flags.DEFINE_list("seeds", ["0", "1"], "Training seeds (each trains every variant).")
     flags.DEFINE_integer("train_steps", 100, "Steps per run (batch 16).", lower_bound=1)
     flags.DEFINE_integer("image_size", 224, "Image side, px.", lower_bound=64)
