@@ -25,6 +25,7 @@ from __future__ import annotations
 from scdnn_tf.utils import tf_start  # noqa: F401,I001  first: TensorFlow's start-up notes filtered
 from scdnn_tf.utils import cli  # noqa: E402
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -45,6 +46,15 @@ VARIANTS = {
     "scdnn +global": ("--global_patch",),
     "scdnn +global +relation": ("--global_patch", "--relation=attention"),
 }
+# The recipe table: today's recipe (BCE, flip + scale-crop, cosine) against ASL and
+# RandAugment + Cutout (ASL's and ML-Decoder's settings), then one-cycle for the best cell
+# of each model. Each model keeps one learning rate across its cells.
+SCDNN_LR = "--learning_rate=0.001"
+RECIPE_BASE = {"scdnn": (SCDNN_LR,), "baseline": (BASELINE, "--learning_rate=0.03")}
+RECIPE_CELLS = {"bce": (), "asl": ("--label_loss=asl",),
+                "bce +RA+cutout": ("--randaugment=2,9", "--cutout=0.5"),
+                "asl +RA+cutout": ("--label_loss=asl", "--randaugment=2,9", "--cutout=0.5")}
+ONECYCLE = ("--lr_schedule=onecycle", "--lr_peak_fraction=0.2")
 WARMUP_FRACTION = 0.1
 HELD_OUT, TRAIN = "held_out", "train"
 
@@ -85,20 +95,74 @@ def run_all(settings: dict, report=print) -> dict:
     split = data.real_split(settings["real_data_dir"], settings["out_dir"])
     floor = probe(split, settings["weights"], settings["image_size"], settings["out_dir"])
     groups = floor["groups"]
-    common = (*data.data_flags(split), f"--backbone_weights={settings['weights']}",
-              f"--image_size={settings['image_size']}")
     chosen = {k: v for k, v in VARIANTS.items()
               if not settings["variants"] or k in settings["variants"]}
     steps = settings["train_steps"]
-    runs = lib.make_runs(f"pretrained_{settings['image_size']}", chosen, settings["seeds"],
-                         common, [(HELD_OUT, split["eval_pattern"]),
-                                  (TRAIN, split["train_pattern"])],
-                         steps, max(1, int(WARMUP_FRACTION * steps)), flagfile=RECIPE)
+    runs = _run_maker(settings, split)(chosen)
     results, failures = lib.execute_all(runs, settings["out_dir"], settings["parallel"], report)
     summary = summarize([floor] + results, groups)
     table = lib.markdown_table(summary, ["held-out mAP", *groups, "train mAP (fit)"])
     return {"split": split, "groups": groups, "probe": floor, "runs": results,
             "failures": failures, "summary": summary, "table": table, "steps": steps}
+
+
+def recipe_variants() -> dict[str, tuple[str, ...]]:
+    """{"<model> <cell>": flags} of the recipe table's grid (cosine schedule)."""
+    return {f"{model} {cell}": base + extra for model, base in RECIPE_BASE.items()
+            for cell, extra in RECIPE_CELLS.items()}
+
+
+def best_cells(summary: dict) -> dict[str, str]:
+    """{model: the grid variant with the highest mean held-out mAP} (cosine cells only)."""
+    best = {}
+    for model in RECIPE_BASE:
+        scored = [(cells["held-out mAP"]["mean"], variant) for variant, cells in summary.items()
+                  if variant.startswith(model + " ") and "onecycle" not in variant
+                  and cells["held-out mAP"]["mean"] is not None]
+        if scored:
+            best[model] = max(scored)[1]
+    return best
+
+
+def onecycle_runs(best: dict[str, str], grid: dict, make) -> list:
+    """Runs of each model's best cell with the one-cycle schedule (no separate warm-up:
+    one-cycle rises to its peak over --lr_peak_fraction of the steps)."""
+    chosen = {f"{variant} onecycle": grid[variant] + ONECYCLE for variant in best.values()}
+    return [dataclasses.replace(run, warmup_steps=0) for run in make(chosen)]
+
+
+def run_recipe(settings: dict, report=print) -> dict:
+    """The recipe table: the grid for both models and every seed, then one-cycle for each
+    model's best grid cell."""
+    split = data.real_split(settings["real_data_dir"], settings["out_dir"])
+    groups = probe(split, settings["weights"], settings["image_size"], settings["out_dir"])["groups"]
+    make = _run_maker(settings, split)
+    grid = recipe_variants()
+    results, failures = lib.execute_all(make(grid), settings["out_dir"], settings["parallel"],
+                                        report)
+    best = best_cells(summarize(results, groups))
+    more, more_failures = lib.execute_all(onecycle_runs(best, grid, make), settings["out_dir"],
+                                          settings["parallel"], report)
+    summary = summarize(results + more, groups)
+    table = lib.markdown_table(summary, ["held-out mAP", *groups, "train mAP (fit)"])
+    return {"split": split, "groups": groups, "runs": results + more, "best": best,
+            "failures": failures + more_failures, "summary": summary, "table": table,
+            "steps": settings["train_steps"]}
+
+
+def _run_maker(settings: dict, split: dict):
+    """variants -> runs on the real split (shared data, weights, image size, steps, seeds;
+    finished runs of either table are reused by name)."""
+    common = (*data.data_flags(split), f"--backbone_weights={settings['weights']}",
+              f"--image_size={settings['image_size']}")
+    steps = settings["train_steps"]
+
+    def make(variants: dict) -> list:
+        return lib.make_runs(f"pretrained_{settings['image_size']}", variants, settings["seeds"],
+                             common, [(HELD_OUT, split["eval_pattern"]),
+                                      (TRAIN, split["train_pattern"])],
+                             steps, max(1, int(WARMUP_FRACTION * steps)), flagfile=RECIPE)
+    return make
 
 
 def summarize(results: list[dict], groups: dict) -> dict:
@@ -122,6 +186,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("train_steps", 100, "Steps per run (batch 16).", lower_bound=1)
     flags.DEFINE_integer("image_size", 224, "Image side, px.", lower_bound=64)
     flags.DEFINE_list("variants", [], f"Only these variants (default all: {list(VARIANTS)}).")
+    flags.DEFINE_enum("table", "backbone", ["backbone", "recipe"], "backbone: SCDNN variants "
+                      "against the GAP baseline and the probe; recipe: BCE vs ASL, with and "
+                      "without RandAugment + Cutout, then one-cycle for each model's best.")
     flags.DEFINE_integer("parallel", 1, "Training processes at once.", lower_bound=1)
     flags.DEFINE_string("out_dir", "/tmp/pretrained", "Data, model_dirs and per-run results.")
     flags.DEFINE_string("json_out", "pretrained.json", "Results file.")
@@ -140,7 +207,7 @@ def main(argv):
                 "seeds": [int(s) for s in FLAGS.seeds], "train_steps": FLAGS.train_steps,
                 "image_size": FLAGS.image_size, "variants": tuple(FLAGS.variants),
                 "parallel": FLAGS.parallel, "out_dir": FLAGS.out_dir}
-    out = run_all(settings)
+    out = run_recipe(settings) if FLAGS.table == "recipe" else run_all(settings)
     print(out["table"])
     for label, error in out["failures"]:
         print(f"failed: {label}: {error.splitlines()[0]}")
