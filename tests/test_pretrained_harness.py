@@ -67,3 +67,39 @@ def test_runs_train_on_the_recipe_flagfile_with_overrides_after_it():
     default, = beyond_paper_lib.make_runs("x", {"v": ()}, [0], (), [], 10, 0)
     assert beyond_paper_lib.train_command(default, "/m")[3] == (
         f"--flagfile={beyond_paper_lib.DEMO_FLAGS}")
+
+
+def test_recipe_grid_keeps_each_models_learning_rate_and_crosses_loss_with_augmentation():
+    grid = pretrained.recipe_variants()
+    assert len(grid) == 2 * 4
+    for model, base in pretrained.RECIPE_BASE.items():
+        cells = {v: f for v, f in grid.items() if v.startswith(model + " ")}
+        assert len(cells) == 4 and all(f[:len(base)] == base for f in cells.values())
+        asl = [v for v, f in cells.items() if "--label_loss=asl" in f]
+        augmented = [v for v, f in cells.items() if "--cutout=0.5" in f and
+                     "--randaugment=2,9" in f]
+        assert len(asl) == 2 and len(augmented) == 2 and len(set(asl) & set(augmented)) == 1
+
+
+def test_best_cells_pick_each_models_highest_mean_and_ignore_onecycle_and_unscored_rows():
+    def row(held):
+        return {"held-out mAP": {"mean": held, "seeds": {}}}
+    summary = {"scdnn bce": row(0.3), "scdnn asl": row(0.35), "scdnn asl onecycle": row(0.9),
+               "baseline bce": row(None), "baseline asl +RA+cutout": row(0.2),
+               "probe (frozen, linear)": row(0.99)}
+    assert pretrained.best_cells(summary) == {"scdnn": "scdnn asl",
+                                              "baseline": "baseline asl +RA+cutout"}
+
+
+def test_onecycle_runs_add_the_schedule_to_the_best_cell_without_a_warm_up():
+    grid = pretrained.recipe_variants()
+
+    def make(variants):
+        return beyond_paper_lib.make_runs("x", variants, [0, 1], (), [], 100, 10,
+                                          flagfile=pretrained.RECIPE)
+    runs = pretrained.onecycle_runs({"scdnn": "scdnn asl"}, grid, make)
+    assert [(r.variant, r.seed) for r in runs] == [("scdnn asl onecycle", 0),
+                                                   ("scdnn asl onecycle", 1)]
+    command = beyond_paper_lib.train_command(runs[0], "/m")
+    assert "--lr_schedule=onecycle" in command and "--label_loss=asl" in command
+    assert "--warmup_steps=0" in command  # the config refuses a warm-up with one-cycle
