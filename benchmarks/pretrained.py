@@ -2,19 +2,22 @@ r"""Real COCO photos with an ImageNet-pretrained MobileNetV2: does looking at ob
 and their surroundings (SCDNN) beat pooling the whole image (the GAP baseline)?
 
     python -m benchmarks.pretrained --weights=PATH/mobilenet_v2_1.0_no_top.weights.h5
-        [--real_data_dir=DIR] [--seeds=0,1] [--train_steps=300] [--image_size=224]
-        [--variants=...] [--out_dir=/tmp/pretrained] [--json_out=pretrained.json]
+        --real_data_dir=DIR [--table=backbone|recipe] [--seeds=0,1] [--train_steps=100]
+        [--image_size=224] [--variants=...] [--out_dir=/tmp/pretrained] [--json_out=...]
 
 Split (fixed, by collection; benchmarks/beyond_paper_data.py): train on coco_mini +
 coco128, score on coco_tiny + tiny_coco without the photos already in train. Contenders,
 each trained from the same pretrained weights with `configs/coco_mobilenet_v2.flags`
-(only data paths, weights, image size, steps and seed overridden, plus the variant's own
-flags), then scored with `python -m scdnn_tf.evaluate`:
+(only data paths, weights, image size, steps, seed and the warm-up + cosine schedule
+overridden, plus the variant's own flags), then scored with `python -m scdnn_tf.evaluate`.
+--table=backbone:
   probe       the floor: the frozen backbone's pooled features, one logistic regression
               per class (no fine-tuning; computed in this process)
   baseline*   the GAP baseline fine-tuned, at several learning rates (its best is kept)
   scdnn*      the paper configuration, + --global_patch, + --global_patch
-              --relation=attention, and the recipe variants named by --variants
+              --relation=attention (learning rate 5e-3)
+--table=recipe: both models with BCE or ASL, each with and without RandAugment + Cutout,
+then each model's best cell again with the one-cycle schedule.
 Columns: held-out mAP; mean AP of classes whose median box covers under 1 % of the image
 (in the training photos) and of the rest; training-set mAP (fit). A run whose results json
 exists is reused (re-run after an interruption to continue).
@@ -42,9 +45,10 @@ BASELINE = "--model=baseline"
 VARIANTS = {
     "baseline lr 1e-2": (BASELINE, "--learning_rate=0.01"),
     "baseline lr 3e-2": (BASELINE, "--learning_rate=0.03"),
-    "scdnn": (),
-    "scdnn +global": ("--global_patch",),
-    "scdnn +global +relation": ("--global_patch", "--relation=attention"),
+    "scdnn": ("--learning_rate=0.005",),
+    "scdnn +global": ("--learning_rate=0.005", "--global_patch"),
+    "scdnn +global +relation": ("--learning_rate=0.005", "--global_patch",
+                                "--relation=attention"),
 }
 # The recipe table: today's recipe (BCE, flip + scale-crop, cosine) against ASL and
 # RandAugment + Cutout (ASL's and ML-Decoder's settings), then one-cycle for the best cell
@@ -153,8 +157,9 @@ def run_recipe(settings: dict, report=print) -> dict:
 def _run_maker(settings: dict, split: dict):
     """variants -> runs on the real split (shared data, weights, image size, steps, seeds;
     finished runs of either table are reused by name)."""
+    # Warm-up + cosine unless a variant says otherwise (the flagfile ships one-cycle).
     common = (*data.data_flags(split), f"--backbone_weights={settings['weights']}",
-              f"--image_size={settings['image_size']}")
+              f"--image_size={settings['image_size']}", "--lr_schedule=cosine")
     steps = settings["train_steps"]
 
     def make(variants: dict) -> list:

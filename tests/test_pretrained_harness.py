@@ -103,3 +103,32 @@ def test_onecycle_runs_add_the_schedule_to_the_best_cell_without_a_warm_up():
     command = beyond_paper_lib.train_command(runs[0], "/m")
     assert "--lr_schedule=onecycle" in command and "--label_loss=asl" in command
     assert "--warmup_steps=0" in command  # the config refuses a warm-up with one-cycle
+
+
+def test_every_run_of_both_tables_is_a_valid_training_config(tmp_path, monkeypatch):
+    """The flagfile ships one-cycle: the tables' cosine runs (with a warm-up) and one-cycle
+    runs (without) must both still parse and validate on top of it."""
+    from absl import flags
+
+    from scdnn_tf.core.config import TrainConfig, config_from_flags, define_flags
+    monkeypatch.chdir(tmp_path)
+    for name in ("train-0.tfrecord", "eval-0.tfrecord", "labels.txt", "w.weights.h5"):
+        (tmp_path / name).write_text("")
+    split = {"train_pattern": str(tmp_path / "train-*"), "eval_pattern": str(tmp_path / "eval-*"),
+             "label_map": str(tmp_path / "labels.txt")}
+    settings = {"weights": str(tmp_path / "w.weights.h5"), "image_size": 224,
+                "train_steps": 100, "seeds": [0]}
+    make = pretrained._run_maker(settings, split)
+    grid = pretrained.recipe_variants()
+    runs = make(pretrained.VARIANTS) + make(grid) + pretrained.onecycle_runs(
+        {"scdnn": "scdnn bce", "baseline": "baseline asl"}, grid, make)
+    schedules = set()
+    for run in runs:
+        values = flags.FlagValues()
+        define_flags(values)
+        command = beyond_paper_lib.train_command(run, str(tmp_path / "m"))[3:]
+        values(["prog", *(f for f in command if f != "--logtostderr")])  # absl's own flag
+        config = TrainConfig(**config_from_flags(values)).validate()
+        schedules.add((config.lr_schedule, config.warmup_steps))
+        assert config.train_steps == 100 and config.backbone_weights == settings["weights"]
+    assert schedules == {("cosine", 10), ("onecycle", 0)}
