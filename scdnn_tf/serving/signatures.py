@@ -261,7 +261,10 @@ class ServingModule:
     def from_bytes(self, image_bytes):
         """string [N] encoded images -> outputs."""
         n = tf.size(image_bytes)
+        # Everything downstream reads the gated copy: the per-element checks reduce over
+        # the batch (argmax), which would fail first on an empty one with TF's own message.
         with tf.control_dependencies([_assert_not_empty_batch(n, "image_bytes")]):
+            image_bytes = tf.identity(image_bytes)
             contexts = tf.strings.join(["input ", tf.strings.as_string(tf.range(n))])
         return self._run(self._decode_batch(image_bytes, contexts))
 
@@ -290,6 +293,7 @@ class ServingModule:
         """string [N] serialized tf.Example -> outputs (image from `image/encoded`)."""
         n = tf.size(examples)
         with tf.control_dependencies([_assert_not_empty_batch(n, "examples")]):
+            examples = tf.identity(examples)  # gated, as in from_bytes
             indices = tf.strings.as_string(tf.range(n))
         # Parsed element by element so that a bad record is named (a batched parse error
         # names none); encoded and file name travel as one [2] string tensor.
